@@ -1,0 +1,380 @@
+"""One typed config tree: defaults < YAML file < ``dotted.key=value`` overrides.
+
+Every field carries a one-line ``help`` (it is the config reference shown by ``--help``). Unknown keys,
+wrong types and out-of-range values raise :class:`ConfigError` with a one-line message naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config problem; the message is one line and names the key."""
+
+
+def doc(default: Any, help: str, **kwargs: Any) -> Any:
+    """A dataclass field with its one-line description (``help``)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kwargs)
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': {message}")
+
+
+@dataclass
+class DataConfig:
+    root: str = doc("./_sc_data", "folder holding (or receiving) the SpeechCommands layout; packed arrays are cached inside it")
+    version: str = doc("v0.02", "SpeechCommands release to download when root is empty: v0.01 or v0.02")
+    download: bool = doc(True, "download and extract the dataset when root holds no SpeechCommands layout")
+    task: str = doc("all", "label set: 'all' (every word folder present, sorted) or 'kws12' (10 words + _unknown_ + _silence_)")
+    kws12_unknown_ratio: float = doc(1.0, "kws12: _unknown_ clips kept per split, as a multiple of the mean keyword class size (1.0 = balanced); <=0 keeps all")
+    kws12_silence_ratio: float = doc(1.0, "kws12: _silence_ clips cut from background noise per split, as a multiple of the mean keyword class size")
+    skip_bad_clips: bool = doc(False, "skip unreadable/empty/non-16kHz-mono clips (count printed) instead of stopping with an error")
+    pack_workers: int = doc(0, "processes that decode WAVs when packing (0 = one per CPU core)")
+    num_workers: int = doc(2, "DataLoader worker processes per rank (packed arrays make 0-2 enough on most machines)")
+    pin_memory: bool = doc(True, "pin host batches for faster copies to a GPU (ignored on the CPU)")
+
+    def __post_init__(self) -> None:
+        _require(self.version in ("v0.01", "v0.02"), "data.version", f"must be v0.01 or v0.02, got {self.version!r}")
+        _require(self.task in ("all", "kws12"), "data.task", f"must be 'all' or 'kws12', got {self.task!r}")
+        _require(self.kws12_silence_ratio >= 0, "data.kws12_silence_ratio", "must be >= 0")
+        _require(self.pack_workers >= 0, "data.pack_workers", "must be >= 0")
+        _require(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+
+
+@dataclass
+class FeatureConfig:
+    n_mels: int = doc(64, "mel bands of the log-mel spectrogram")
+    n_fft: int = doc(512, "FFT size in samples (512 = 32 ms at 16 kHz)")
+    win_length: int = doc(480, "analysis window in samples (480 = 30 ms)")
+    hop_length: int = doc(160, "hop between frames in samples (160 = 10 ms, 101 frames per second)")
+    f_min: float = doc(20.0, "lowest mel band edge in Hz")
+    f_max: float = doc(8000.0, "highest mel band edge in Hz (at most 8000 for 16 kHz audio)")
+
+    def __post_init__(self) -> None:
+        _require(self.n_mels > 0, "features.n_mels", "must be > 0")
+        _require(self.win_length <= self.n_fft, "features.win_length", f"must be <= features.n_fft ({self.n_fft})")
+        _require(0 < self.hop_length <= self.win_length, "features.hop_length", "must be in (0, win_length]")
+        _require(0 <= self.f_min < self.f_max <= 8000, "features.f_max", "need 0 <= f_min < f_max <= 8000")
+
+
+@dataclass
+class AugmentConfig:
+    shift_p: float = doc(0.5, "probability of a random circular-free time shift of the waveform")
+    shift_max_ms: float = doc(100.0, "largest time shift in milliseconds (either direction, zero-filled)")
+    noise_p: float = doc(0.5, "probability of adding noise (white or a background recording) to a clip")
+    background_p: float = doc(0.8, "share of noisy clips that get a background recording rather than white noise")
+    snr_db_min: float = doc(5.0, "lowest signal-to-noise ratio of added noise, dB")
+    snr_db_max: float = doc(30.0, "highest signal-to-noise ratio of added noise, dB")
+    gain_db: float = doc(6.0, "random gain of +-gain_db applied to every training clip (0 = off)")
+    mask_p: float = doc(0.5, "probability of spectrogram masking (SpecAugment) per clip")
+    freq_mask: int = doc(8, "widest frequency mask in mel bands")
+    time_mask: int = doc(20, "widest time mask in frames")
+    num_masks: int = doc(2, "masks of each kind applied to a masked clip")
+    mixup_p: float = doc(0.0, "probability that a batch is mixed with MixUp (0 = off)")
+    mixup_alpha: float = doc(0.2, "MixUp Beta(alpha, alpha) parameter")
+
+    def __post_init__(self) -> None:
+        for name in ("shift_p", "noise_p", "background_p", "mask_p", "mixup_p"):
+            value = getattr(self, name)
+            _require(0.0 <= value <= 1.0, f"augment.{name}", f"is a probability, must be in [0, 1], got {value}")
+        _require(self.shift_max_ms >= 0, "augment.shift_max_ms", "must be >= 0")
+        _require(self.snr_db_min <= self.snr_db_max, "augment.snr_db_min", "must be <= augment.snr_db_max")
+        _require(self.gain_db >= 0, "augment.gain_db", "must be >= 0")
+        _require(self.freq_mask >= 0 and self.time_mask >= 0, "augment.freq_mask", "mask widths must be >= 0")
+        _require(self.num_masks >= 0, "augment.num_masks", "must be >= 0")
+        _require(self.mixup_alpha > 0, "augment.mixup_alpha", "must be > 0")
+
+
+@dataclass
+class ModelConfig:
+    width: int = doc(32, "channels of the first conv block; blocks use width, 2w, 4w, 8w")
+    dropout: float = doc(0.1, "dropout before the linear head")
+
+    def __post_init__(self) -> None:
+        _require(self.width >= 1, "model.width", f"must be >= 1, got {self.width}")
+        _require(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = doc(20, "passes over the (balanced) training stream")
+    batch_size: int = doc(128, "clips per step on each process (global batch = batch_size x processes)")
+    eval_batch_size: int = doc(512, "clips per evaluation batch on each process")
+    lr: float = doc(3e-3, "peak AdamW learning rate (reached after warmup)")
+    min_lr_ratio: float = doc(0.01, "final learning rate as a fraction of lr (cosine decay)")
+    warmup_epochs: float = doc(1.0, "linear warmup length in epochs")
+    schedule: str = doc("cosine", "learning-rate schedule after warmup: cosine or constant")
+    weight_decay: float = doc(0.01, "AdamW weight decay")
+    label_smoothing: float = doc(0.0, "label smoothing of the cross-entropy loss")
+    grad_clip: float = doc(0.0, "clip the gradient norm to this value (0 = off)")
+    balance: str = doc("sampler", "class balance: 'sampler' (weighted sampler), 'loss' (class-weighted loss) or 'none'")
+    seed: int = doc(0, "seed of the sampler, augmentation and initialisation")
+    precision: str = doc("auto", "auto (bf16 on GPUs that support it, fp32 on CPU), no, bf16 or fp16")
+    compile: bool = doc(False, "torch.compile the model (pays off on GPUs, costs ~40 s of compile time)")
+    sync_bn: bool = doc(False, "convert BatchNorm to SyncBatchNorm when training on several processes")
+    log_every: int = doc(20, "steps between training-metric log lines")
+    checkpoint_every: int = doc(200, "steps between full training-state saves (0 = only at epoch ends)")
+    keep_last: int = doc(2, "training states kept in output_dir/state (older ones are deleted)")
+    resume: str = doc("auto", "'auto' (resume from output_dir/state when present), 'never', or a path to a state folder")
+    max_steps: int = doc(0, "stop after this many steps (0 = no limit; for smoke tests)")
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs}")
+        _require(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
+        _require(self.eval_batch_size >= 1, "train.eval_batch_size", "must be >= 1")
+        _require(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        _require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]")
+        _require(self.warmup_epochs >= 0, "train.warmup_epochs", "must be >= 0")
+        _require(self.schedule in ("cosine", "constant"), "train.schedule", f"must be cosine or constant, got {self.schedule!r}")
+        _require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _require(0 <= self.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)")
+        _require(self.grad_clip >= 0, "train.grad_clip", "must be >= 0")
+        _require(self.balance in ("sampler", "loss", "none"), "train.balance", f"must be sampler, loss or none, got {self.balance!r}")
+        _require(self.precision in ("auto", "no", "bf16", "fp16"), "train.precision", f"must be auto, no, bf16 or fp16, got {self.precision!r}")
+        _require(self.log_every >= 1, "train.log_every", "must be >= 1")
+        _require(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
+        _require(self.keep_last >= 1, "train.keep_last", "must be >= 1")
+        _require(self.max_steps >= 0, "train.max_steps", "must be >= 0")
+
+
+@dataclass
+class TrackingConfig:
+    wandb: bool = doc(False, "log to Weights & Biases (offline automatically when no API key is configured)")
+    project: str = doc("sctrain", "W&B project")
+    entity: Optional[str] = doc(None, "W&B entity (team or user); null = your default")
+    name: Optional[str] = doc(None, "W&B run name; null = output_dir's folder name")
+    group: Optional[str] = doc(None, "W&B group (e.g. a sweep name)")
+    tags: list = doc([], "W&B tags")
+    mode: str = doc("auto", "W&B mode: auto (online with an API key, else offline), online, offline or disabled")
+    log_examples: int = doc(4, "validation clips logged as spectrogram + audio examples each epoch (0 = none)")
+    report: bool = doc(True, "write PNG plots and report.md into output_dir at the end of training")
+
+    def __post_init__(self) -> None:
+        _require(self.mode in ("auto", "online", "offline", "disabled"), "tracking.mode",
+                 f"must be auto, online, offline or disabled, got {self.mode!r}")
+        _require(all(isinstance(t, str) for t in self.tags), "tracking.tags", "must be a list of strings")
+        _require(self.log_examples >= 0, "tracking.log_examples", "must be >= 0")
+
+
+@dataclass
+class BenchConfig:
+    latency: bool = doc(True, "benchmark inference latency with the best checkpoint at the end of training")
+    large_batch: int = doc(256, "batch size of the throughput measurement")
+    iters: int = doc(50, "timed iterations per latency measurement (after warm-up)")
+
+    def __post_init__(self) -> None:
+        _require(self.large_batch >= 1, "bench.large_batch", "must be >= 1")
+        _require(self.iters >= 1, "bench.iters", "must be >= 1")
+
+
+@dataclass
+class Config:
+    output_dir: str = doc("runs/sc", "run folder: config.yaml, metrics.jsonl, best_sc.pt, results.json, state/")
+    data: DataConfig = doc(None, "dataset location, label set and loading", init=True)
+    features: FeatureConfig = doc(None, "log-mel front end (runs on the training device)")
+    augment: AugmentConfig = doc(None, "training-only augmentation (runs on the training device)")
+    model: ModelConfig = doc(None, "the CNN")
+    train: TrainConfig = doc(None, "optimisation, precision, balance, checkpointing")
+    tracking: TrackingConfig = doc(None, "Weights & Biases and the local report")
+    bench: BenchConfig = doc(None, "end-of-run latency benchmark")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if dataclasses.is_dataclass(_field_type(Config, f)) and getattr(self, f.name) is None:
+                setattr(self, f.name, _field_type(Config, f)())
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+def _field_type(cls: type, f: dataclasses.Field) -> Any:
+    return typing.get_type_hints(cls)[f.name]
+
+
+def _is_optional(tp: Any) -> tuple[bool, Any]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, getattr(types, "UnionType", typing.Union)):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return True, args[0]
+    return False, tp
+
+
+def _coerce(value: Any, tp: Any, key: str, from_text: bool) -> Any:
+    """Check (YAML) or parse (command line) one value against its field type."""
+    optional, tp = _is_optional(tp)
+    if from_text and isinstance(value, str):
+        if optional and value.lower() in ("null", "none", "~"):
+            return None
+        value = yaml.safe_load(value) if tp is not str else value
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"config key '{key}': must be a {tp.__name__}, got null")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if from_text:
+            return str(value)
+    elif tp is list or typing.get_origin(tp) is list:
+        if isinstance(value, list):
+            return value
+        if isinstance(value, str) and from_text:
+            return [v for v in value.split(",") if v]
+    else:  # pragma: no cover - every field type is listed above
+        raise ConfigError(f"config key '{key}': unsupported type {tp}")
+    name = getattr(tp, "__name__", str(tp))
+    raise ConfigError(f"config key '{key}': must be a {name}, got {value!r} ({type(value).__name__})")
+
+
+def _all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(cls):
+        tp = _field_type(cls, f)
+        if dataclasses.is_dataclass(tp):
+            keys += _all_keys(tp, f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _unknown(key: str) -> ConfigError:
+    close = difflib.get_close_matches(key, _all_keys(), n=1, cutoff=0.6)
+    if not close:  # a right leaf in the wrong section ('epochs' for 'train.epochs')
+        leaf = key.rsplit(".", 1)[-1]
+        close = [k for k in _all_keys() if k.rsplit(".", 1)[-1] == leaf][:1]
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def _build(cls: type, values: dict, prefix: str, from_text: bool) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"config key '{prefix.rstrip('.') or '<root>'}': must be a mapping, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{prefix}{name}"
+        if name not in fields:
+            raise _unknown(key)
+        tp = _field_type(cls, fields[name])
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value if value is not None else {}, key + ".", from_text)
+        else:
+            kwargs[name] = _coerce(value, tp, key, from_text)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:  # pragma: no cover - validation raises ConfigError
+        raise ConfigError(f"config section '{prefix.rstrip('.')}': {e}") from None
+
+
+def _merge(base: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form dotted.key=value (e.g. train.epochs=3)")
+        key, text = item.split("=", 1)
+        key = key.strip().lstrip("-")
+        if key not in _all_keys():
+            if key in {f.name for f in dataclasses.fields(Config)}:
+                raise ConfigError(f"config key '{key}' is a section; override one of its keys, e.g. '{key}.<name>=...'")
+            raise _unknown(key)
+        node = base
+        parts = key.split(".")
+        for p in parts[:-1]:
+            if node.get(p) is None:
+                node[p] = {}
+            node = node[p]
+            if not isinstance(node, dict):
+                raise ConfigError(f"config key '{p}': must be a mapping")
+        node[parts[-1]] = _TextValue(text)
+    return base
+
+
+class _TextValue(str):
+    """A command-line value: parsed to the field's type instead of type-checked."""
+
+
+def _apply_text(cls: type, values: dict, prefix: str = "") -> dict:
+    """Parse the command-line strings in ``values`` to their fields' types (YAML values pass through)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out = {}
+    for name, value in values.items():
+        if name not in fields:
+            raise _unknown(prefix + name)
+        tp = _field_type(cls, fields[name])
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            out[name] = _apply_text(tp, value, f"{prefix}{name}.")
+        elif isinstance(value, _TextValue):
+            out[name] = _coerce(str(value), tp, prefix + name, from_text=True)
+        else:
+            out[name] = value
+    return out
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> Config:
+    """Defaults, then the YAML file at ``path``, then ``key=value`` overrides; strict throughout."""
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}")
+        values = loaded
+    values = _merge(values, list(overrides or []))
+    values = _apply_text(Config, values)
+    return _build(Config, values, "", from_text=False)
+
+
+def config_from_dict(values: dict) -> Config:
+    """Rebuild a config saved with :meth:`Config.to_dict` (e.g. from a checkpoint); strict."""
+    return _build(Config, values, "", from_text=False)
+
+
+def dump_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def describe() -> str:
+    """The config reference: every key with its default and one-line description."""
+    lines = []
+    for f in dataclasses.fields(Config):
+        tp = _field_type(Config, f)
+        if dataclasses.is_dataclass(tp):
+            lines.append(f"\n{f.name}: {f.metadata['help']}")
+            for sub in dataclasses.fields(tp):
+                default = sub.default if sub.default is not dataclasses.MISSING else sub.default_factory()
+                lines.append(f"  {f.name}.{sub.name} = {default!r}\n      {sub.metadata['help']}")
+        else:
+            lines.append(f"{f.name} = {f.default!r}\n      {f.metadata['help']}")
+    return "\n".join(lines)
