@@ -220,7 +220,13 @@ def _coerce(value: Any, tp: Any, key: str, from_text: bool) -> Any:
     if from_text and isinstance(value, str):
         if optional and value.lower() in ("null", "none", "~"):
             return None
-        value = yaml.safe_load(value) if tp is not str else value
+        if tp in (int, float):
+            try:  # YAML 1.1 reads '1e-3' as a string; Python's own parsers do not
+                value = tp(value)
+            except ValueError:
+                pass
+        elif tp is not str:
+            value = yaml.safe_load(value)
     if value is None:
         if optional:
             return None

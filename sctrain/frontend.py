@@ -1,0 +1,38 @@
+"""The device-side front end: int16 (or float) audio batches in, model-ready log-mel features out.
+
+The trainer moves raw int16 batches to the device and calls this on each one, so the loader stays
+trivial and the heavy per-sample work (augmentation, STFT) runs batched on the accelerator.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from sctrain.augment import WaveAugment
+from sctrain.config import AugmentConfig, FeatureConfig
+from sctrain.features import LogMel, SpecMask
+
+INT16_SCALE = 32768.0
+
+
+class FrontEnd(nn.Module):
+    """``[B, T]`` int16 or float audio -> ``[B, 1, n_mels, frames]`` float32 features.
+
+    Training mode: waveform augmentation, log-mel, spectrogram masking. Eval mode: log-mel only, so
+    ``frontend.eval()`` gives exactly the features :class:`sctrain.model.AudioClassifier` computes.
+    """
+
+    def __init__(self, features: FeatureConfig, augment: AugmentConfig, background: Tensor,
+                 sample_rate: int = 16000) -> None:
+        super().__init__()
+        self.wave_augment = WaveAugment(augment, background, sample_rate)
+        self.logmel = LogMel(features, sample_rate)
+        self.spec_mask = SpecMask(augment.mask_p, augment.freq_mask, augment.time_mask, augment.num_masks)
+
+    def forward(self, audio: Tensor) -> Tensor:
+        if audio.dtype == torch.int16:
+            audio = audio.float() / INT16_SCALE
+        else:
+            audio = audio.float()
+        # Each part checks self.training itself; calling all three keeps one code path for train and eval.
+        return self.spec_mask(self.logmel(self.wave_augment(audio)))

@@ -1,0 +1,77 @@
+"""The keyword-spotting CNN, and the wrapper that runs it on raw audio for inference and export."""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from sctrain.config import ModelConfig
+from sctrain.features import LogMel
+
+
+def _conv_block(in_ch: int, out_ch: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1, bias=False),  # BatchNorm supplies the bias
+        nn.BatchNorm2d(out_ch),
+        nn.ReLU(inplace=True),
+        # ceil_mode keeps every map at least 1x1 whatever the feature size (64 mels x 101 frames ends at
+        # 4x7 after four pools); it changes no parameter, only whether a ragged last row/column is pooled.
+        nn.MaxPool2d(2, ceil_mode=True),
+    )
+
+
+class KWSNet(nn.Module):
+    """Four conv blocks (width, 2w, 4w, 8w channels) -> global average pool -> dropout -> linear.
+
+    Input ``[B, 1, n_mels, frames]`` features, output ``[B, num_classes]`` logits. The global pool makes
+    it independent of the number of frames, so the same weights serve 1 s clips and streaming windows.
+    """
+
+    def __init__(self, num_classes: int, width: int = 32, dropout: float = 0.1) -> None:
+        super().__init__()
+        channels = [1, width, 2 * width, 4 * width, 8 * width]
+        self.features = nn.Sequential(*(_conv_block(a, b) for a, b in zip(channels[:-1], channels[1:])))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(channels[-1], num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                # fan_out keeps activation variance steady through conv -> BN -> ReLU stacks (He et al.).
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                # Small head weights: near-uniform initial predictions, so the first loss is ~log(C).
+                nn.init.normal_(m.weight, std=0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.pool(self.features(x)).flatten(1)
+        return self.head(self.dropout(x))
+
+
+def build_model(cfg: ModelConfig, num_classes: int) -> KWSNet:
+    return KWSNet(num_classes, width=cfg.width, dropout=cfg.dropout)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters (BatchNorm running statistics are buffers and not counted)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+class AudioClassifier(nn.Module):
+    """Raw float audio ``[B, T]`` (or ``[T]``) in [-1, 1] -> logits: :class:`LogMel` then :class:`KWSNet`.
+
+    The deployable unit for prediction and export: feature extraction travels inside the graph, so a
+    consumer cannot pair the weights with the wrong front end.
+    """
+
+    def __init__(self, features: LogMel, net: KWSNet) -> None:
+        super().__init__()
+        self.features = features
+        self.net = net
+
+    def forward(self, wave: Tensor) -> Tensor:
+        return self.net(self.features(wave))

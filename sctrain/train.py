@@ -1,0 +1,314 @@
+"""The training loop: builds the parts from the config, trains, validates, checkpoints, reports.
+
+Data path per step: int16 batch (packed arrays, sharded sampler) -> device -> FrontEnd (augment, log-mel,
+masking) -> KWSNet -> loss. Rank-0 duties sit behind the tracker and checkpointer objects.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import checkpoint
+from .augment import mixup
+from .checkpointer import Checkpointer, Progress
+from .config import Config, dump_config
+from .data.pack import ClipDataset, PackedDataset, collate_batch, load_dataset
+from .data.sampler import BalancedDistributedSampler
+from .evaluate import EvalResult, eval_loader, evaluate
+from .frontend import FrontEnd
+from .latency import latency_report
+from .model import AudioClassifier, build_model, count_parameters
+from .runtime import make_accelerator, once_per_node
+from .stopping import EXIT_PREEMPTED, GracefulStop
+from .tracking import make_tracker
+
+log = logging.getLogger(__name__)
+
+
+class Preempted(SystemExit):
+    """Raised after a signal-triggered save; the process exits with :data:`EXIT_PREEMPTED`."""
+
+    def __init__(self) -> None:
+        super().__init__(EXIT_PREEMPTED)
+
+
+def lr_lambda(cfg: Config, steps_per_epoch: int):
+    """Linear warmup, then cosine decay to ``min_lr_ratio`` (or constant), as a function of the step."""
+    warmup = int(round(cfg.train.warmup_epochs * steps_per_epoch))
+    total = max(1, cfg.train.epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.train.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return cfg.train.min_lr_ratio + (1 - cfg.train.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def class_weights(data: PackedDataset, device: torch.device) -> torch.Tensor:
+    """Inverse-frequency weights (mean 1 over present classes) for the class-weighted loss."""
+    counts = data.split("train").class_counts(len(data.labels)).astype(np.float64)
+    weights = np.divide(counts.sum() / max(1, (counts > 0).sum()), counts, out=np.zeros_like(counts),
+                        where=counts > 0)
+    return torch.tensor(weights, dtype=torch.float32, device=device)
+
+
+class Run:
+    """One training run: the parts, built once, and the methods that use them."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.accelerator = acc = make_accelerator(cfg)
+        self.device = acc.device
+        self.world, self.rank = acc.num_processes, acc.process_index
+        self.is_main = acc.is_main_process
+        self.out = Path(cfg.output_dir)
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            dump_config(cfg, self.out / "config.yaml")
+
+        self.data: PackedDataset = once_per_node(acc, lambda: load_dataset(cfg.data, progress=acc.is_local_main_process))
+        self.labels = self.data.labels
+        train_split = self.data.split("train")
+        if len(train_split) == 0:
+            raise ValueError(f"the training split of {cfg.data.root} is empty")
+        log.info("data: %s | train %d, validation %d, test %d clips | %d labels", self.data.cache_dir,
+                 len(train_split), len(self.data.split("validation")), len(self.data.split("test")), len(self.labels))
+
+        # Same initial weights on every rank (DDP also broadcasts them), then per-rank augmentation streams.
+        torch.manual_seed(cfg.train.seed)
+        self.model = build_model(cfg.model, len(self.labels))
+        if cfg.train.sync_bn and self.world > 1:
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.frontend = FrontEnd(cfg.features, cfg.augment, torch.from_numpy(np.asarray(self.data.background))).to(self.device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        # The scheduler is stepped by us, once per optimizer step: Accelerate's wrapper would step it
+        # num_processes times, assuming a loader it sharded itself.
+        self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
+        self.raw_model = acc.unwrap_model(self.model)
+        self.step_model = torch.compile(self.model) if cfg.train.compile else self.model
+        torch.manual_seed(cfg.train.seed * 1000 + 1 + self.rank)
+
+        self.sampler = BalancedDistributedSampler(train_split.labels, len(self.labels), self.world, self.rank,
+                                                  seed=cfg.train.seed, balanced=cfg.train.balance == "sampler")
+        self.drop_last = self.sampler.shard_size >= cfg.train.batch_size
+        self.steps_per_epoch = (self.sampler.shard_size // cfg.train.batch_size if self.drop_last else 1)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, self.steps_per_epoch))
+        self.loss_weights = class_weights(self.data, self.device) if cfg.train.balance == "loss" else None
+
+        self.checkpointer = Checkpointer(self.out, cfg.train.checkpoint_every, cfg.train.keep_last,
+                                         self.is_main, self.world, self.rank)
+        self.progress = Progress()
+        resume_state = self._find_resume_state()
+        tracker_id = resume_state.get("tracker_run_id") if resume_state else None
+        self.tracker = make_tracker(self.is_main, self.out, cfg.tracking, cfg.to_dict(), resume_id=tracker_id)
+        if resume_state is not None:
+            self.progress = self.checkpointer.restore(resume_state, self._state_parts())
+            log.info("resumed at epoch %d, step %d (best val acc %.4f)", self.progress.epoch,
+                     self.progress.global_step, self.progress.best_val_acc)
+        self.stop = GracefulStop().install()
+
+    # ------------------------------------------------------------------------------------ state
+    def _state_parts(self) -> dict:
+        parts = {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler}
+        if self.accelerator.scaler is not None:
+            parts["scaler"] = self.accelerator.scaler
+        return parts
+
+    def _find_resume_state(self) -> Optional[dict]:
+        mode = self.cfg.train.resume
+        if mode == "never":
+            return None
+        if mode == "auto":
+            path, state = checkpoint.load_latest_state(self.out)
+        else:
+            path, state = Path(mode), checkpoint.load_state(mode)
+        if state is not None:
+            log.info("resuming from %s", path)
+        return state
+
+    def save_state(self) -> None:
+        self.checkpointer.save(self.progress, self._state_parts(),
+                               extra={"sampler": self.sampler.state_dict(), "tracker_run_id": self.tracker.run_id,
+                                      "config": self.cfg.to_dict()})
+
+    # ------------------------------------------------------------------------------------ train
+    def train_loader(self) -> torch.utils.data.DataLoader:
+        # A private generator keeps the loader from drawing on the global RNG (which augmentation uses and
+        # checkpoints restore): resumed and uninterrupted runs then see identical random streams.
+        return torch.utils.data.DataLoader(
+            ClipDataset(self.data.split("train")), batch_size=self.cfg.train.batch_size, sampler=self.sampler,
+            num_workers=self.cfg.data.num_workers, collate_fn=collate_batch, drop_last=self.drop_last,
+            pin_memory=self.cfg.data.pin_memory and self.device.type == "cuda", generator=torch.Generator(),
+            persistent_workers=False)
+
+    def train_step(self, audio: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        audio = audio.to(self.device, non_blocking=True)
+        target = target.to(self.device, non_blocking=True)
+        with self.accelerator.autocast():
+            features = self.frontend(audio)
+            if cfg.augment.mixup_p > 0 and torch.rand(()) < cfg.augment.mixup_p:
+                features, target = mixup(features, target, len(self.labels), cfg.augment.mixup_alpha)
+            logits = self.step_model(features)
+        loss = F.cross_entropy(logits.float(), target, weight=self.loss_weights,
+                               label_smoothing=cfg.train.label_smoothing)
+        self.accelerator.backward(loss)
+        if cfg.train.grad_clip > 0:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def train_epoch(self, epoch: int) -> float:
+        """One epoch (or its remainder after a resume); returns global clips/s."""
+        cfg, p = self.cfg, self.progress
+        self.sampler.set_epoch(epoch, start=p.step_in_epoch * cfg.train.batch_size)
+        self.model.train()
+        self.frontend.train()
+        bar = tqdm(total=self.steps_per_epoch, initial=p.step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+                   disable=not self.is_main, dynamic_ncols=True, leave=False)
+        loss_sum, loss_steps, clips, t0 = torch.zeros((), device=self.device), 0, 0, time.perf_counter()
+        epoch_clips, epoch_t0 = 0, t0
+        for audio, target in self.train_loader():
+            loss_sum += self.train_step(audio, target)
+            loss_steps += 1
+            clips += len(target) * self.world
+            epoch_clips += len(target) * self.world
+            p.step_in_epoch += 1
+            p.global_step += 1
+            bar.update(1)
+            if p.global_step % cfg.train.log_every == 0 or p.step_in_epoch == self.steps_per_epoch:
+                loss = (loss_sum / loss_steps).item()  # host waits for the device: once per log interval
+                rate = clips / max(1e-9, time.perf_counter() - t0)
+                lr = self.scheduler.get_last_lr()[0]
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", clips_s=f"{rate:.0f}")
+                self.tracker.log_train(p.global_step, {"epoch": epoch, "loss": loss, "lr": lr, "clips_per_s": rate,
+                                                       **self._memory()})
+                loss_sum.zero_(); loss_steps, clips, t0 = 0, 0, time.perf_counter()
+            if self.stop.should_stop(self.accelerator):
+                bar.close()
+                self.save_state()
+                raise Preempted()
+            if self.checkpointer.due(p):
+                self.save_state()
+            if cfg.train.max_steps and p.global_step >= cfg.train.max_steps:
+                break
+        bar.close()
+        return epoch_clips / max(1e-9, time.perf_counter() - epoch_t0)
+
+    def _memory(self) -> dict:
+        if self.device.type != "cuda":
+            return {}
+        return {"gpu_mem_gb": torch.cuda.max_memory_allocated(self.device) / 2 ** 30}
+
+    def evaluate(self, split: str, model: Optional[torch.nn.Module] = None) -> EvalResult:
+        loader = eval_loader(self.data.split(split), self.cfg.train.eval_batch_size, self.world, self.rank,
+                             num_workers=0, pin_memory=False)
+        return evaluate(model or self.raw_model, self.frontend, loader, self.labels, self.device,
+                        autocast=self.accelerator.autocast)
+
+    def fit(self) -> dict:
+        cfg, p = self.cfg, self.progress
+        rates = []
+        if self.is_main:
+            log.info("training %s: %d params, %d processes on %s, precision %s, %d steps/epoch, batch %d/rank",
+                     type(self.raw_model).__name__, count_parameters(self.raw_model), self.world, self.device,
+                     self.accelerator.mixed_precision, self.steps_per_epoch, cfg.train.batch_size)
+        while p.epoch < cfg.train.epochs:
+            epoch = p.epoch
+            if p.step_in_epoch < self.steps_per_epoch:
+                rates.append(self.train_epoch(epoch))
+            val = self.evaluate("validation")
+            improved = val.accuracy > p.best_val_acc
+            if improved:
+                p.best_val_acc, p.best_epoch = val.accuracy, epoch
+                if self.is_main:
+                    checkpoint.save_best(self.out / "best_sc.pt", self.raw_model, self.labels, cfg.to_dict(),
+                                         {"val_acc": val.accuracy, "val_loss": val.loss, "epoch": epoch,
+                                          "step": p.global_step})
+            self.tracker.log_eval(p.global_step, epoch, "validation", val)
+            log.info("epoch %d/%d: val acc %.4f loss %.4f%s", epoch + 1, cfg.train.epochs, val.accuracy, val.loss,
+                     " (best, saved best_sc.pt)" if improved else "")
+            p.epoch, p.step_in_epoch = epoch + 1, 0
+            self.save_state()
+            if cfg.train.max_steps and p.global_step >= cfg.train.max_steps:
+                break
+        self.accelerator.wait_for_everyone()
+        return {"train_clips_per_s": float(np.mean(rates)) if rates else None}
+
+    # ------------------------------------------------------------------------------------ finish
+    def finish(self, train_info: dict) -> dict:
+        """Best checkpoint -> test evaluation (all ranks), single-clip prediction and latency (rank 0)."""
+        cfg = self.cfg
+        best_path = self.out / "best_sc.pt"
+        best = checkpoint.load_best(best_path)
+        model = build_model(cfg.model, len(self.labels)).to(self.device)
+        model.load_state_dict(best["model"])
+        test = self.evaluate("test", model)
+        val = self.evaluate("validation", model)
+        self.tracker.log_eval(self.progress.global_step, best["metrics"]["epoch"], "test", test)
+        results = {"val_acc": val.accuracy, "test_acc": test.accuracy, "test_loss": test.loss,
+                   "test_count": test.count, "best_epoch": best["metrics"]["epoch"],
+                   "params": count_parameters(model), "labels": self.labels,
+                   "per_class_test_acc": test.per_class_accuracy, "world_size": self.world,
+                   "precision": self.accelerator.mixed_precision, "device": str(self.device),
+                   "steps": self.progress.global_step, **train_info}
+        if self.is_main:
+            classifier = AudioClassifier(self.frontend_for_inference(), model.cpu())
+            results["example_prediction"] = self.predict_one(classifier)
+            if cfg.bench.latency:
+                lat = latency_report(classifier, cfg.bench.large_batch, cfg.bench.iters)
+                results["latency"] = lat
+                results["latency_ms_p50"] = lat["cpu"]["batch1"]["p50_ms"]
+                results["latency_ms_p95"] = lat["cpu"]["batch1"]["p95_ms"]
+            (self.out / "results.json").write_text(json.dumps(results, indent=2))
+            self.tracker.log_results(results, best_path)
+        self.tracker.finish()
+        self.accelerator.wait_for_everyone()
+        return results
+
+    def frontend_for_inference(self):
+        from .features import LogMel
+        return LogMel(self.cfg.features)
+
+    def predict_one(self, classifier: torch.nn.Module) -> dict:
+        split = self.data.split("test")
+        audio = torch.from_numpy(np.asarray(split.audio[0], dtype=np.float32) / 32768.0)
+        with torch.inference_mode():
+            probs = classifier.eval()(audio[None]).softmax(-1)[0]
+        top = int(probs.argmax())
+        prediction = {"file": split.files[0], "true": self.labels[int(split.labels[0])],
+                      "predicted": self.labels[top], "prob": float(probs[top])}
+        log.info("single-clip prediction: %s -> %s (p=%.3f, true %s)", prediction["file"], prediction["predicted"],
+                 prediction["prob"], prediction["true"])
+        return prediction
+
+    def close(self) -> None:
+        self.stop.uninstall()
+
+
+def train(cfg: Config) -> dict:
+    """Train, then test the best checkpoint; returns the results dict (the same on every rank)."""
+    run = Run(cfg)
+    try:
+        info = run.fit()
+        return run.finish(info)
+    finally:
+        run.close()

@@ -1,0 +1,323 @@
+"""Fast unit tests of the device-side front end: log-mel, masking, waveform augmentation, MixUp."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sctrain.augment import WaveAugment, add_noise, mixup, one_hot_targets, time_shift
+from sctrain.config import AugmentConfig, FeatureConfig
+from sctrain.features import LogMel, SpecMask, frames_for
+from sctrain.frontend import FrontEnd
+
+SR = 16000
+
+# Everything off: each test switches on only the augmentation it checks.
+QUIET = dict(shift_p=0.0, noise_p=0.0, gain_db=0.0, mask_p=0.0)
+
+
+def augment_cfg(**kwargs) -> AugmentConfig:
+    return AugmentConfig(**{**QUIET, **kwargs})
+
+
+def tone(batch: int = 4, length: int = SR, seed: int = 0) -> torch.Tensor:
+    """Clips of a few random sines plus a little noise, peak ~0.5."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(length) / SR
+    freqs = 200 + 3000 * torch.rand(batch, 3, 1, generator=g)
+    wave = torch.sin(2 * math.pi * freqs * t).sum(1) / 6
+    return wave + 0.01 * torch.randn(batch, length, generator=g)
+
+
+# ----------------------------------------------------------------------------------------------- LogMel
+
+def test_logmel_shape_and_frames():
+    cfg = FeatureConfig()
+    assert frames_for(cfg) == 101
+    assert frames_for(FeatureConfig(hop_length=128), 8000) == 8000 // 128 + 1
+    out = LogMel(cfg)(tone(3))
+    assert out.shape == (3, 1, cfg.n_mels, frames_for(cfg))
+    short = LogMel(FeatureConfig(n_mels=40, hop_length=128))(tone(2, 4000))
+    assert short.shape == (2, 1, 40, frames_for(FeatureConfig(hop_length=128), 4000))
+
+
+def test_logmel_per_clip_normalised():
+    wave = tone(4) * torch.tensor([1.0, 0.01, 3.0, 0.1])[:, None]  # very different levels
+    out = LogMel(FeatureConfig())(wave)
+    assert torch.allclose(out.mean(dim=(-2, -1)), torch.zeros(4, 1), atol=1e-4)
+    assert torch.allclose(out.std(dim=(-2, -1), unbiased=False), torch.ones(4, 1), atol=1e-3)
+    # Level-invariant: a quiet copy of the same clip gives (nearly) the same features.
+    assert torch.allclose(out[0], LogMel(FeatureConfig())(wave[0] * 0.5)[0], atol=1e-2)
+
+
+def test_logmel_silence_is_finite():
+    out = LogMel(FeatureConfig())(torch.zeros(2, SR))
+    assert torch.isfinite(out).all()
+
+
+def test_logmel_single_clip():
+    lm = LogMel(FeatureConfig())
+    wave = tone(2)
+    single = lm(wave[1])
+    assert single.shape == (1, 1, 64, 101)
+    assert torch.allclose(single[0], lm(wave)[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16])
+def test_logmel_float32_under_autocast(input_dtype):
+    lm = LogMel(FeatureConfig())
+    wave = tone(2).to(input_dtype)
+    reference = lm(wave.float())
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        out = lm(wave)
+    assert out.dtype == torch.float32
+    assert torch.allclose(out, reference, atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------- SpecMask
+
+def masked_bands(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fully masked rows (mel bands) and columns (frames) of one [F, T] bool mask."""
+    return mask.all(dim=1), mask.all(dim=0)
+
+
+def runs(flags: torch.Tensor) -> list[int]:
+    """Lengths of the runs of True in a 1-D bool tensor."""
+    lengths, current = [], 0
+    for f in flags.tolist() + [False]:
+        if f:
+            current += 1
+        elif current:
+            lengths.append(current)
+            current = 0
+    return lengths
+
+
+def test_specmask_identity_in_eval_and_when_off():
+    x = torch.randn(8, 1, 16, 30)
+    sm = SpecMask(1.0, 4, 6, 2).eval()
+    assert torch.equal(sm(x), x)
+    assert torch.equal(SpecMask(0.0, 4, 6, 2).train()(x), x)
+
+
+def test_specmask_fraction_and_widths():
+    torch.manual_seed(0)
+    batch, n_freq, n_time, fw, tw = 2000, 32, 50, 8, 10
+    x = torch.ones(batch, 1, n_freq, n_time)
+    out = SpecMask(0.5, fw, tw, 1).train()(x)
+    mask = out[:, 0] == 0
+    touched = mask.flatten(1).any(1).float().mean().item()
+    # Selected with p=0.5; a selected clip is untouched only if both widths came out 0.
+    expected = 0.5 * (1 - 1 / ((fw + 1) * (tw + 1)))
+    assert abs(touched - expected) < 0.04
+    assert set(out.unique().tolist()) <= {0.0, 1.0}
+    for m in mask[:200]:
+        rows, cols = masked_bands(m)
+        # Every masked element lies in a fully masked band or a fully masked span.
+        assert torch.equal(m, rows[:, None] | cols[None, :])
+        assert len(runs(rows)) <= 1 and sum(runs(rows)) <= fw
+        assert len(runs(cols)) <= 1 and sum(runs(cols)) <= tw
+
+
+def test_specmask_several_masks_within_bounds():
+    torch.manual_seed(1)
+    x = torch.ones(300, 1, 20, 40)
+    out = SpecMask(1.0, 5, 7, 3).train()(x)
+    for m in out[:, 0] == 0:
+        rows, cols = masked_bands(m)
+        assert rows.sum() <= 3 * 5 and cols.sum() <= 3 * 7
+        assert all(r <= 3 * 5 for r in runs(rows))
+    # Widths reach their maximum somewhere (the range is inclusive).
+    assert max(sum(runs(masked_bands(m)[1])) for m in out[:, 0] == 0) >= 7
+
+
+# ---------------------------------------------------------------------------------------- WaveAugment
+
+def test_wave_augment_identity_in_eval():
+    aug = WaveAugment(AugmentConfig(shift_p=1, noise_p=1), torch.randn(2, SR)).eval()
+    wave = tone(3)
+    assert torch.equal(aug(wave), wave)
+
+
+def test_time_shift_exact():
+    wave = torch.zeros(2, 1000)
+    wave[:, 500] = 1.0
+    out = time_shift(wave, torch.tensor([100, -300]))
+    assert out[0].nonzero().flatten().tolist() == [600]
+    assert out[1].nonzero().flatten().tolist() == [200]
+    ones = time_shift(torch.ones(2, 1000), torch.tensor([250, -40]))
+    assert ones[0, :250].eq(0).all() and ones[0, 250:].eq(1).all()  # zero-filled, not circular
+    assert ones[1, -40:].eq(0).all() and ones[1, :-40].eq(1).all()
+
+
+def test_wave_augment_shift_moves_click_within_range():
+    torch.manual_seed(0)
+    max_ms, length, at = 5.0, 2000, 1000
+    max_samples = int(max_ms * SR / 1000)
+    aug = WaveAugment(augment_cfg(shift_p=1.0, shift_max_ms=max_ms), torch.zeros(0, SR)).train()
+    wave = torch.zeros(64, length)
+    wave[:, at] = 1.0
+    out = aug(wave)
+    moves = []
+    for row in out:
+        where = row.nonzero().flatten()
+        assert len(where) == 1 and row[where].item() == 1.0
+        moves.append(where.item() - at)
+    assert all(abs(m) <= max_samples for m in moves)
+    assert len(set(moves)) > 10 and min(moves) < 0 < max(moves)
+
+
+def test_wave_augment_shift_probability():
+    torch.manual_seed(0)
+    aug = WaveAugment(augment_cfg(shift_p=0.3, shift_max_ms=50), torch.zeros(0, SR)).train()
+    wave = torch.zeros(2000, 4000)
+    wave[:, 2000] = 1.0
+    moved = (aug(wave)[:, 2000] != 1.0).float().mean().item()
+    assert abs(moved - 0.3) < 0.04
+
+
+@pytest.mark.parametrize("snr_db", [0.0, 10.0, 25.0])
+@pytest.mark.parametrize("background_p", [0.0, 1.0])
+def test_wave_augment_noise_snr(snr_db, background_p):
+    torch.manual_seed(0)
+    background = torch.randn(3, SR) * torch.tensor([0.01, 0.3, 1.0])[:, None]
+    cfg = augment_cfg(noise_p=1.0, snr_db_min=snr_db, snr_db_max=snr_db, background_p=background_p)
+    aug = WaveAugment(cfg, background).train()
+    wave = tone(8) * torch.linspace(0.05, 1.0, 8)[:, None]
+    noise = aug(wave) - wave
+    measured = 10 * torch.log10(wave.square().mean(1) / noise.square().mean(1))
+    assert torch.allclose(measured, torch.full_like(measured, snr_db), atol=0.5)
+
+
+def best_window_correlation(noise: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """Per noise row: the highest normalised correlation with any circular window of any background row."""
+    length, rec_len = noise.shape[-1], background.shape[-1]
+    padded = torch.zeros(noise.shape[0], rec_len)
+    padded[:, :length] = noise
+    # corr[b, m, k] = sum_t background[m, (k + t) % L] * noise[b, t], all offsets k at once.
+    corr = torch.fft.irfft(torch.fft.rfft(background)[None] * torch.fft.rfft(padded)[:, None].conj(), n=rec_len)
+    windows = background.unfold(-1, length, 1) if length <= rec_len else None
+    energy = windows.square().sum(-1) if windows is not None else None
+    best = []
+    for b in range(noise.shape[0]):
+        m, k = divmod(corr[b].argmax().item(), rec_len)
+        seg = background[m, (k + torch.arange(length)) % rec_len] if energy is None or k + length > rec_len \
+            else windows[m, k]
+        best.append(corr[b, m, k] / (noise[b].norm() * seg.norm()))
+    return torch.stack(best)
+
+
+def test_wave_augment_uses_background():
+    torch.manual_seed(0)
+    background = torch.randn(2, SR)
+    wave = tone(6, 3000)
+    cfg = augment_cfg(noise_p=1.0, snr_db_min=10, snr_db_max=10, background_p=1.0)
+    noise = WaveAugment(cfg, background).train()(wave) - wave
+    assert (best_window_correlation(noise, background) > 0.999).all()
+    cfg = augment_cfg(noise_p=1.0, snr_db_min=10, snr_db_max=10, background_p=0.0)
+    white = WaveAugment(cfg, background).train()(wave) - wave
+    assert (best_window_correlation(white, background) < 0.2).all()
+
+
+def test_wave_augment_background_wraps_around():
+    # Clips longer than the recording still get noise throughout (circular window).
+    torch.manual_seed(0)
+    cfg = augment_cfg(noise_p=1.0, snr_db_min=0, snr_db_max=0, background_p=1.0)
+    aug = WaveAugment(cfg, torch.ones(1, 100)).train()
+    wave = tone(2, 1000)
+    noise = aug(wave) - wave
+    assert torch.allclose(noise, noise[:, :1].expand_as(noise), atol=1e-6)
+    assert (noise.abs() > 0).all()
+
+
+def test_wave_augment_no_background_and_silent_clips():
+    torch.manual_seed(0)
+    cfg = augment_cfg(noise_p=1.0, background_p=1.0, shift_p=1.0, gain_db=6.0)
+    aug = WaveAugment(cfg, torch.zeros(0, SR)).train()
+    wave = tone(4)
+    wave[0] = 0.0  # a silent clip must not produce NaN
+    out = aug(wave)
+    assert out.shape == wave.shape and torch.isfinite(out).all()
+    assert out[0].abs().max() < 1e-4
+    assert not torch.equal(out[1:], wave[1:])
+
+
+def test_wave_augment_gain_bounds():
+    torch.manual_seed(0)
+    gain_db = 6.0
+    aug = WaveAugment(augment_cfg(gain_db=gain_db), torch.zeros(0, SR)).train()
+    wave = tone(500, 200) + 0.1
+    ratio = aug(wave) / wave
+    per_clip = ratio[:, 0]
+    assert torch.allclose(ratio, per_clip[:, None].expand_as(ratio), rtol=1e-5)  # one gain per clip
+    db = 20 * torch.log10(per_clip)
+    assert db.min() >= -gain_db - 1e-4 and db.max() <= gain_db + 1e-4
+    assert db.min() < -gain_db + 0.5 and db.max() > gain_db - 0.5
+
+
+def test_add_noise_guards_silence():
+    out = add_noise(torch.zeros(2, 100), torch.zeros(2, 100), torch.tensor([5.0, 5.0]))
+    assert torch.equal(out, torch.zeros(2, 100))
+
+
+def test_background_buffer_not_in_state_dict():
+    aug = WaveAugment(AugmentConfig(), torch.randn(2, SR))
+    assert "background" not in aug.state_dict()
+    assert "background" in dict(aug.named_buffers())
+
+
+# ------------------------------------------------------------------------------------------------ MixUp
+
+def test_mixup_soft_targets_and_rows():
+    torch.manual_seed(0)
+    batch, classes = 16, 5
+    x = torch.arange(batch, dtype=torch.float32)[:, None].expand(batch, 7).clone()
+    y = torch.arange(batch) % classes
+    mixed, soft = mixup(x, y, classes, alpha=0.4)
+    assert soft.shape == (batch, classes)
+    assert torch.allclose(soft.sum(1), torch.ones(batch))
+    lam = soft[0, y[0]].item() if soft[0].max() < 1 else 1.0
+    # Recover each partner from the mixed input and check the targets mix the same two rows.
+    for i in range(batch):
+        if abs(lam - 1.0) < 1e-6:
+            assert torch.allclose(mixed[i], x[i])
+            continue
+        j = round((mixed[i, 0].item() - lam * i) / (1 - lam))
+        assert 0 <= j < batch
+        assert torch.allclose(mixed[i], lam * x[i] + (1 - lam) * x[j], atol=1e-5)
+        expected = lam * one_hot_targets(y[i:i + 1], classes)[0] + (1 - lam) * one_hot_targets(y[j:j + 1], classes)[0]
+        assert torch.allclose(soft[i], expected, atol=1e-5)
+
+
+def test_mixup_rejects_int_and_accepts_soft_targets():
+    with pytest.raises(TypeError):
+        mixup(torch.zeros(4, 10, dtype=torch.int16), torch.zeros(4, dtype=torch.long), 3, 0.2)
+    soft = torch.softmax(torch.randn(4, 3), 1)
+    _, out = mixup(torch.randn(4, 10), soft, 3, 0.2)
+    assert torch.allclose(out.sum(1), torch.ones(4))
+
+
+# --------------------------------------------------------------------------------------------- FrontEnd
+
+def test_frontend_int16_matches_float_in_eval():
+    fe = FrontEnd(FeatureConfig(), AugmentConfig(), torch.randn(2, SR)).eval()
+    audio = (tone(3) * 20000).round().to(torch.int16)
+    out = fe(audio)
+    assert out.dtype == torch.float32 and out.shape == (3, 1, 64, 101)
+    assert torch.allclose(out, LogMel(FeatureConfig())(audio.float() / 32768), atol=1e-5)
+    assert torch.allclose(out, fe(audio.float() / 32768), atol=1e-6)
+
+
+def test_frontend_train_augments_and_is_seeded():
+    fe = FrontEnd(FeatureConfig(), AugmentConfig(shift_p=1, noise_p=1, mask_p=1), torch.randn(2, SR))
+    audio = (tone(4) * 20000).round().to(torch.int16)
+    clean = fe.eval()(audio)
+    fe.train()
+    torch.manual_seed(123)
+    a = fe(audio)
+    torch.manual_seed(123)
+    b = fe(audio)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, clean, atol=1e-2)
+    assert a.shape == clean.shape and torch.isfinite(a).all()
