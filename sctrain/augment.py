@@ -110,7 +110,8 @@ def mixup(x: Tensor, y: Tensor, num_classes: int, alpha: float) -> tuple[Tensor,
     if not x.is_floating_point():
         raise TypeError(f"mixup needs float inputs, got {x.dtype}; convert int16 audio to float first")
     concentration = torch.tensor(float(alpha), device=x.device)
-    lam = torch.distributions.Beta(concentration, concentration).sample()
+    # validate_args=False: the argument check reads a device tensor back to Python, a sync on a GPU.
+    lam = torch.distributions.Beta(concentration, concentration, validate_args=False).sample()
     perm = torch.randperm(x.shape[0], device=x.device)
     targets = one_hot_targets(y, num_classes)
     mixed_x = lam.to(x.dtype) * x + (1 - lam.to(x.dtype)) * x[perm]

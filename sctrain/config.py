@@ -40,6 +40,7 @@ class DataConfig:
     task: str = doc("all", "label set: 'all' (every word folder present, sorted) or 'kws12' (10 words + _unknown_ + _silence_)")
     kws12_unknown_ratio: float = doc(1.0, "kws12: _unknown_ clips kept per split, as a multiple of the mean keyword class size (1.0 = balanced); <=0 keeps all")
     kws12_silence_ratio: float = doc(1.0, "kws12: _silence_ clips cut from background noise per split, as a multiple of the mean keyword class size")
+    cache_dir: Optional[str] = doc(None, "where packed arrays are cached (e.g. a node-local SSD); null = <root>/.sctrain_cache, or ~/.cache/sctrain when root is read-only")
     skip_bad_clips: bool = doc(False, "skip unreadable/empty/non-16kHz-mono clips (count printed) instead of stopping with an error")
     pack_workers: int = doc(0, "processes that decode WAVs when packing (0 = one per CPU core)")
     num_workers: int = doc(2, "DataLoader worker processes per rank (packed arrays make 0-2 enough on most machines)")

@@ -7,6 +7,7 @@ Layout (Warden 2018, arXiv:1804.03209): ``<word>/<speaker>_nohash_<n>.wav`` (16 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import shutil
@@ -105,7 +106,7 @@ def download_file(url: str, dest: Path, sha256: Optional[str] = None, progress: 
                     out.write(block)
                     digest.update(block)
                     bar.update(len(block))
-    except (urllib.error.URLError, OSError, ValueError) as e:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
         part.unlink(missing_ok=True)
         if isinstance(e, PermissionError):
             raise DatasetError(f"cannot write {part}: {e.strerror}; point data.root at a writable folder") from None
@@ -137,7 +138,10 @@ def _stem(archive: Path) -> str:
 def extract_archive(archive: Path, dest: Path) -> Path:
     """Extract ``archive`` into the new folder ``dest`` atomically (temp folder, marker, rename)."""
     archive, dest = Path(archive), Path(dest)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    except OSError as e:
+        raise DatasetError(f"cannot extract {archive} into {dest.parent}: {e.strerror}") from None
     try:
         log.info("extracting %s to %s", archive, dest)
         try:
@@ -156,9 +160,9 @@ def extract_archive(archive: Path, dest: Path) -> Path:
         (top / _MARKER).write_text(f"{archive.name}\n")
         try:
             os.rename(top, dest)
-        except OSError:
+        except OSError as e:
             if not (dest / _MARKER).is_file():  # not another process finishing first: a real error
-                raise
+                raise DatasetError(f"cannot move the extracted dataset to {dest}: {e.strerror}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
@@ -190,7 +194,7 @@ def ensure_dataset(cfg, *, url: Optional[str] = None, sha256: Optional[str] = No
         return root
     url = url or URLS[cfg.version]
     expected = sha256 if sha256 is not None else SHA256.get(cfg.version)
-    archive = root / Path(urllib.request.url2pathname(url.rsplit("/", 1)[-1])).name
+    archive = root / f"speech_commands_{cfg.version}.tar.gz"  # the official name, whatever the URL
     extracted = root / _stem(archive)
     found = _find_extracted(root, extracted)
     if found is not None:
@@ -220,6 +224,7 @@ def _find_extracted(root: Path, preferred: Path) -> Optional[Path]:
     if root.is_dir():
         for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             if is_layout(sub):
+                log.info("using the SpeechCommands layout in %s", sub)
                 return sub
     return None
 
@@ -303,7 +308,7 @@ def _kws12_splits(root: Path, words: list[str], files: dict[str, list[str]], spl
                 keyword[s].append(Clip(p, KEYWORDS.index(w)))
             else:
                 unknown[s].append(Clip(p, unknown_id))
-    lengths = [sf.info(str(p)).frames for p in background]
+    lengths = [_frames(p) for p in background]
     splits = {}
     for k, s in enumerate(SPLITS):
         rng = np.random.default_rng([seed, k])  # one stream per split: a split's draw never shifts another's
@@ -318,6 +323,14 @@ def _kws12_splits(root: Path, words: list[str], files: dict[str, list[str]], spl
         silence = _silence_cuts(root, background, lengths, round(silence_ratio * mean), k, rng, silence_id)
         splits[s] = keyword[s] + pool + silence
     return splits
+
+
+def _frames(path: Path) -> int:
+    try:
+        return sf.info(str(path)).frames
+    except Exception as e:  # noqa: BLE001 - packing reports the file; here it only yields no cuts
+        log.warning("cannot read %s (%s); no _silence_ cuts come from it", path, decode_error(e))
+        return 0
 
 
 _SILENCE_STRETCH = {0: (0.0, 0.8), 1: (0.8, 0.9), 2: (0.9, 1.0)}  # split number -> share of each recording
@@ -348,7 +361,7 @@ def read_clip(path: str, offset: int = 0, samples: int = CLIP_SAMPLES) -> np.nda
     """``samples`` int16 samples of a 16 kHz mono WAV from ``offset``, zero-padded at the end.
 
     Raises ``ValueError`` with a short reason for clips the dataset should not contain. Lives here rather
-    than in ``pack`` so decoding processes import numpy and soundfile only, not torch.
+    than in ``pack`` so that spawned decoding processes (macOS, Windows) need not import torch.
     """
     with sf.SoundFile(path) as f:
         if f.samplerate != SAMPLE_RATE:
@@ -365,6 +378,12 @@ def read_clip(path: str, offset: int = 0, samples: int = CLIP_SAMPLES) -> np.nda
     return out
 
 
+def decode_error(e: Exception) -> str:
+    """A short one-line reason; libsndfile's own text, without the path the caller names anyway."""
+    text = getattr(e, "error_string", None) or str(e)
+    return " ".join(text.split()).rstrip(".") or type(e).__name__
+
+
 def decode_into(npy_path: str, start: int, items: list[tuple[str, int]]) -> list[tuple[int, str]]:
     """Decode ``(path, offset)`` pairs into rows ``start...`` of the int16 .npy at ``npy_path``.
 
@@ -377,7 +396,7 @@ def decode_into(npy_path: str, start: int, items: list[tuple[str, int]]) -> list
         try:
             audio[start + i] = read_clip(path, offset)
         except Exception as e:  # noqa: BLE001 - any decoder failure is a property of the file
-            bad.append((start + i, " ".join(str(e).split()) or type(e).__name__))
+            bad.append((start + i, decode_error(e) if os.path.exists(path) else "file not found"))
     audio.flush()
     del audio
     return bad

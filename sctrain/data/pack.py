@@ -1,0 +1,334 @@
+"""Decode every clip once, in parallel, into packed int16 arrays that later runs memory-map.
+
+A cache folder holds, per split, ``audio_<split>.npy`` (int16 [N, 16000]), ``labels_<split>.npy`` (int64),
+``offsets_<split>.npy`` (int64 sample offsets, non-zero for _silence_ cuts) and ``files_<split>.txt``, plus
+``background.npy`` (float32 [M, 16000] 1 s noise segments at a 0.5 s stride) and ``meta.json``. Its name
+carries a fingerprint of the source files and the scan options, so a changed source is repacked.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import multiprocessing as mp
+import os
+import shutil
+import stat
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from .speechcommands import (CLIP_SAMPLES, LIST_FILES, SAMPLE_RATE, SPLITS, DatasetError,
+                             DatasetIndex, decode_error, decode_into, ensure_dataset, scan_dataset)
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+BACKGROUND_STRIDE = CLIP_SAMPLES // 2
+PARALLEL_MIN_CLIPS = 2048  # below this, starting processes costs more than it saves
+KWS12_SEED = 0  # fixed, not train.seed: every run of a task sees the same _unknown_ / _silence_ clips
+
+
+# --------------------------------------------------------------------------------------- reading side
+
+class PackedSplit:
+    """One split of a packed cache; the audio is memory-mapped, so opening it costs nothing."""
+
+    def __init__(self, folder: Path, name: str):
+        self.folder, self.name = Path(folder), name
+        self.labels: np.ndarray = np.load(self.folder / f"labels_{name}.npy")
+        self._audio: Optional[np.ndarray] = None
+        self._files: Optional[list[str]] = None
+
+    @property
+    def audio(self) -> np.ndarray:
+        if self._audio is None:
+            self._audio = np.load(self.folder / f"audio_{self.name}.npy", mmap_mode="r")
+        return self._audio
+
+    @property
+    def files(self) -> list[str]:
+        if self._files is None:
+            self._files = (self.folder / f"files_{self.name}.txt").read_text().splitlines()
+        return self._files
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return np.load(self.folder / f"offsets_{self.name}.npy")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def class_counts(self, num_classes: int) -> np.ndarray:
+        return np.bincount(self.labels, minlength=num_classes)
+
+    def __getstate__(self) -> dict:
+        # Pickling a memmap copies its data; DataLoader workers reopen the file instead.
+        return {**self.__dict__, "_audio": None, "_files": None}
+
+
+class PackedDataset:
+    """A packed cache folder: label list, splits, background noise and the clips that were skipped."""
+
+    def __init__(self, cache_dir: Path):
+        self.cache_dir = Path(cache_dir)
+        self.meta: dict = json.loads((self.cache_dir / "meta.json").read_text())
+        self.labels: list[str] = list(self.meta["labels"])
+        self.skipped: list[str] = list(self.meta["skipped"])
+        self._splits: dict[str, PackedSplit] = {}
+        self._background: Optional[np.ndarray] = None
+
+    def split(self, name: str) -> PackedSplit:
+        if name not in SPLITS:
+            raise KeyError(f"unknown split {name!r}: use one of {', '.join(SPLITS)}")
+        if name not in self._splits:
+            self._splits[name] = PackedSplit(self.cache_dir, name)
+        return self._splits[name]
+
+    @property
+    def background(self) -> np.ndarray:
+        if self._background is None:
+            self._background = np.load(self.cache_dir / "background.npy")
+        return self._background
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{s}={self.meta['counts'][s]}" for s in SPLITS)
+        return f"PackedDataset({self.cache_dir}, {len(self.labels)} labels, {sizes})"
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Clips of a ``PackedSplit`` as int16 tensors; ``__getitems__`` reads a whole batch at once."""
+
+    def __init__(self, split: PackedSplit):
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return torch.from_numpy(np.array(self.split.audio[i])), int(self.split.labels[i])
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = np.asarray(indices, dtype=np.int64)
+        order = np.argsort(idx, kind="stable")
+        audio = np.empty((len(idx), CLIP_SAMPLES), dtype=np.int16)
+        # Ascending rows read the memmap front to back (fewer seeks); the copy frees workers from the map.
+        audio[order] = self.split.audio[idx[order]]
+        labels = np.ascontiguousarray(self.split.labels[idx])
+        return torch.from_numpy(audio), torch.from_numpy(labels)
+
+
+def collate_batch(batch):
+    """DataLoader ``collate_fn`` for ``ClipDataset``: ``__getitems__`` already returns the batch."""
+    return batch
+
+
+# --------------------------------------------------------------------------------------- packing side
+
+def load_dataset(cfg, progress: bool = True) -> PackedDataset:
+    """The packed dataset that ``cfg`` (a ``DataConfig``) describes: fetch, scan and pack as needed."""
+    root = ensure_dataset(cfg, progress=progress)
+    index = scan_dataset(root, cfg.task, cfg.kws12_unknown_ratio, cfg.kws12_silence_ratio, seed=KWS12_SEED)
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else None
+    return pack_dataset(index, cache_dir=cache_dir, workers=cfg.pack_workers, skip_bad=cfg.skip_bad_clips, progress=progress)
+
+
+def fingerprint(index: DatasetIndex) -> str:
+    """Hash of everything the packed arrays depend on: clip lists, labels, options, file sizes and mtimes."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"format": FORMAT_VERSION, "task": index.task, "options": index.options,
+                         "labels": index.labels}, sort_keys=True).encode())
+    sources = set(LIST_FILES.values())
+    for split in SPLITS:
+        for c in index.splits.get(split, []):
+            h.update(f"{split}\t{c.path}\t{c.label}\t{c.offset}\n".encode())
+            sources.add(c.path)
+    sources.update(_relative(p, index.root) for p in index.background)
+    for rel in sorted(sources):
+        try:
+            st = os.stat(index.root / rel)
+            h.update(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{rel}\tmissing\n".encode())
+    return h.hexdigest()
+
+
+def default_cache_dirs(root: Path) -> list[Path]:
+    """Where packed caches live: inside the dataset root, or the user cache when the root is read-only."""
+    root = Path(root)
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sctrain"
+    tag = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:8]
+    return [root / ".sctrain_cache", base / f"{root.resolve().name}-{tag}"]
+
+
+def pack_dataset(index: DatasetIndex, cache_dir: Optional[Path] = None, workers: int = 0,
+                 skip_bad: bool = False, progress: bool = True) -> PackedDataset:
+    """Pack ``index`` into ``<cache_dir>/<task>-<fingerprint>/`` (reused while the source is unchanged).
+
+    ``cache_dir`` defaults to ``<root>/.sctrain_cache``, or ``~/.cache/sctrain/<root-name>-<hash>`` when
+    the root is read-only. ``workers=0`` decodes with one process per CPU core. Unreadable, empty,
+    non-16 kHz or non-mono clips raise ``DatasetError`` unless ``skip_bad``, which drops and lists them.
+    """
+    fp = fingerprint(index)
+    name = f"{index.task}-{fp[:16]}"
+    parents = [Path(cache_dir)] if cache_dir is not None else default_cache_dirs(index.root)
+    for parent in parents:
+        if _is_complete(parent / name, fp):
+            log.info("reusing packed dataset %s (source unchanged)", parent / name)
+            return PackedDataset(parent / name)
+    parent = next((p for p in parents if _writable(p)), None)
+    if parent is None:
+        raise DatasetError(f"no writable folder for the packed cache: tried {', '.join(map(str, parents))}")
+    return PackedDataset(_build(index, parent, name, fp, workers or os.cpu_count() or 1, skip_bad, progress))
+
+
+def _is_complete(folder: Path, fp: str) -> bool:
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("format") == FORMAT_VERSION and meta.get("fingerprint") == fp
+
+
+def _writable(folder: Path) -> bool:
+    """True when ``folder`` (or its nearest existing parent) may be written.
+
+    Write bits count even for root, which ``os.access`` ignores: a folder without them (the shared
+    read-only datasets) is meant to stay untouched.
+    """
+    folder = Path(folder).absolute()
+    while not folder.exists():
+        folder = folder.parent
+    return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _build(index: DatasetIndex, parent: Path, name: str, fp: str, workers: int, skip_bad: bool,
+           progress: bool) -> Path:
+    final = parent / name
+    start = time.perf_counter()
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent))
+    except OSError as e:
+        raise DatasetError(f"cannot create the packed cache in {parent}: {e.strerror}") from None
+    try:
+        bad = _decode_splits(index, tmp, workers, progress)
+        background, bad_background = _cut_background(index.background)
+        bad = list(dict(bad + bad_background).items())  # one entry per file (silence cuts share theirs)
+        if bad and not skip_bad:
+            path, reason = bad[0]
+            more = f" (and {len(bad) - 1} more bad clips)" if len(bad) > 1 else ""
+            raise DatasetError(f"bad clip {path}: {reason}{more}; fix or remove it, or set "
+                               f"data.skip_bad_clips=true to skip bad clips")
+        if bad:
+            log.warning("skipped %d bad clips (first: %s: %s)", len(bad), bad[0][0], bad[0][1])
+        bad_paths = {p for p, _ in bad}
+        counts = {s: _write_split(index, s, tmp, bad_paths) for s in SPLITS}
+        np.save(tmp / "background.npy", background)
+        meta = {"format": FORMAT_VERSION, "fingerprint": fp, "task": index.task, "options": index.options,
+                "labels": index.labels, "root": str(index.root), "counts": counts,
+                "sample_rate": SAMPLE_RATE, "clip_samples": CLIP_SAMPLES,
+                "background_files": [_relative(p, index.root) for p in index.background],
+                "skipped": sorted(_relative(Path(p), index.root) for p in bad_paths)}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not _is_complete(final, fp):  # not a concurrent packer finishing first: a real error
+                raise DatasetError(f"cannot move the packed cache into place at {final}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    total = sum(len(v) for v in index.splits.values())
+    log.info("packed %d clips into %s in %.1f s", total, final, time.perf_counter() - start)
+    return final
+
+
+def _decode_splits(index: DatasetIndex, tmp: Path, workers: int, progress: bool) -> list[tuple[str, str]]:
+    """Decode all splits into ``tmp/audio_<split>.npy`` (full length); return (path, reason) of bad clips."""
+    from tqdm.auto import tqdm
+
+    total = sum(len(index.splits[s]) for s in SPLITS)
+    chunk = max(32, min(512, math.ceil(total / (workers * 8))))
+    jobs = []
+    for s in SPLITS:
+        clips = index.splits[s]
+        npy = tmp / f"audio_{s}.npy"
+        np.lib.format.open_memmap(npy, mode="w+", dtype=np.int16, shape=(len(clips), CLIP_SAMPLES)).flush()
+        for lo in range(0, len(clips), chunk):
+            items = [(str(index.root / c.path), c.offset) for c in clips[lo:lo + chunk]]
+            jobs.append((s, str(npy), lo, items))
+    bad_rows: list[tuple[str, int, str]] = []
+    with tqdm(total=total, unit="clip", desc="packing", disable=not progress) as bar:
+        if workers <= 1 or total < PARALLEL_MIN_CLIPS:
+            for s, npy, lo, items in jobs:
+                bad_rows += [(s, row, reason) for row, reason in decode_into(npy, lo, items)]
+                bar.update(len(items))
+        else:
+            # fork where there is one (as DataLoader does): spawn and forkserver re-run the caller's main
+            # script in every child, which breaks scripts without an `if __name__ == "__main__"` guard.
+            # The children only touch numpy and soundfile, never the parent's torch or CUDA state.
+            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+            with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context(method)) as pool:
+                futures = [(s, len(items), pool.submit(decode_into, npy, lo, items)) for s, npy, lo, items in jobs]
+                for s, n, future in futures:
+                    bad_rows += [(s, row, reason) for row, reason in future.result()]
+                    bar.update(n)
+    return [(str(index.root / index.splits[s][row].path), reason) for s, row, reason in bad_rows]
+
+
+def _write_split(index: DatasetIndex, split: str, tmp: Path, bad_paths: set[str]) -> int:
+    clips = index.splits[split]
+    keep = np.array([str(index.root / c.path) not in bad_paths for c in clips], dtype=bool)
+    if not keep.all():  # rewrite the audio without the bad rows
+        full = np.load(tmp / f"audio_{split}.npy", mmap_mode="r")
+        rows = np.flatnonzero(keep)
+        kept = np.lib.format.open_memmap(tmp / "compact.npy", mode="w+", dtype=np.int16,
+                                         shape=(len(rows), CLIP_SAMPLES))
+        for lo in range(0, len(rows), 4096):
+            kept[lo:lo + 4096] = full[rows[lo:lo + 4096]]
+        kept.flush()
+        del full, kept
+        os.replace(tmp / "compact.npy", tmp / f"audio_{split}.npy")
+    clips = [c for c, k in zip(clips, keep) if k]
+    np.save(tmp / f"labels_{split}.npy", np.array([c.label for c in clips], dtype=np.int64))
+    np.save(tmp / f"offsets_{split}.npy", np.array([c.offset for c in clips], dtype=np.int64))
+    (tmp / f"files_{split}.txt").write_text("".join(f"{c.path}\n" for c in clips))
+    return len(clips)
+
+
+def _cut_background(paths: list[Path]) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """1 s float32 segments at a 0.5 s stride from each noise recording; (path, reason) for bad ones."""
+    segments, bad = [], []
+    for path in paths:
+        try:
+            audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        except Exception as e:  # noqa: BLE001 - any decoder failure is a property of the file
+            bad.append((str(path), decode_error(e)))
+            continue
+        reason = (f"sample rate {rate} Hz, not {SAMPLE_RATE}" if rate != SAMPLE_RATE else
+                  f"{audio.shape[1]} channels, not mono" if audio.shape[1] != 1 else
+                  "empty" if len(audio) == 0 else None)
+        if reason:
+            bad.append((str(path), reason))
+            continue
+        audio = audio[:, 0]
+        if len(audio) < CLIP_SAMPLES:
+            audio = np.pad(audio, (0, CLIP_SAMPLES - len(audio)))
+        segments.append(np.lib.stride_tricks.sliding_window_view(audio, CLIP_SAMPLES)[::BACKGROUND_STRIDE])
+    if not segments:
+        return np.zeros((0, CLIP_SAMPLES), dtype=np.float32), bad
+    return np.ascontiguousarray(np.concatenate(segments), dtype=np.float32), bad
