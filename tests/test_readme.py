@@ -1,0 +1,23 @@
+"""The README opens with exactly two commands, and CI runs the second one verbatim."""
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def readme_commands():
+    text = (REPO / "README.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", text, re.S).group(1)
+    return [line for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_readme_opens_with_two_commands():
+    commands = readme_commands()
+    assert len(commands) == 2
+    run, tests = commands
+    assert "python -m sctrain.synth" in run and "python -m sctrain --config" in run
+    assert "pytest" in tests
+
+
+def test_ci_runs_the_readme_test_command():
+    assert readme_commands()[1] in (REPO / ".ci/run").read_text()
