@@ -6,9 +6,11 @@ elsewhere cannot run code.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
+import re
 import shutil
 import time
 import zipfile
@@ -52,21 +54,31 @@ def atomic_save(obj: Any, path: str | Path) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+    for stale in path.parent.glob(f".{path.name}.tmp*"):  # left by a writer killed mid-save
+        stale.unlink(missing_ok=True)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:160] if text else type(e).__name__
 
 
 def safe_load(path: str | Path, expected_format: str) -> dict:
-    """Load a checkpoint as plain data; one-line :class:`CheckpointError` for every way it can be bad."""
+    """Load a checkpoint as plain data; one-line :class:`CheckpointError` for every way it can be bad.
+
+    ``weights_only=True`` restricts unpickling to tensors and plain containers, so a crafted file cannot
+    run code: it is rejected like a corrupt one.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({reason[:160]})") from None
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({_first_line(e)})") from None
     except Exception as e:  # noqa: BLE001 - pickle errors of many kinds: all mean "not ours"
         raise CheckpointError(f"checkpoint {path} cannot be loaded safely ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:160] if str(e) else ''})") from None
+                              f"{_first_line(e)})") from None
     if not isinstance(obj, dict) or obj.get("format") != expected_format:
         found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
         raise CheckpointError(f"checkpoint {path} is not an {expected_format} checkpoint (format: {found!r})")
@@ -99,53 +111,124 @@ def state_dir(output_dir: str | Path) -> Path:
     return Path(output_dir) / "state"
 
 
+def _slow_save_delay(step: int) -> float:
+    """Test hook ``SCTRAIN_TEST_SLOW_SAVE=SECONDS[@FROM_STEP]``: pause mid-write (a truncated ``state.pt``
+    sits in the temporary folder) to widen the window in which a ``kill -9`` lands during a save."""
+    spec = os.environ.get("SCTRAIN_TEST_SLOW_SAVE", "")
+    if not spec:
+        return 0.0
+    seconds, _, from_step = spec.partition("@")
+    return float(seconds) if step >= int(from_step or 0) else 0.0
+
+
+def _write_state_file(path: Path, obj: dict, step: int) -> None:
+    with open(path, "wb") as f:
+        delay = _slow_save_delay(step)
+        if delay > 0:
+            buffer = io.BytesIO()
+            torch.save(obj, buffer)
+            data = buffer.getvalue()
+            f.write(data[: len(data) // 2])
+            f.flush()
+            time.sleep(delay)
+            f.write(data[len(data) // 2:])
+        else:
+            torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def save_state(output_dir: str | Path, step: int, payload: dict, keep_last: int) -> Path:
-    """Write ``state/step_XXXXXXXX`` atomically (temp folder, then rename) and prune old states."""
+    """Write ``state/step_XXXXXXXXX`` atomically (temporary folder, then rename) and prune old states.
+
+    A state of the same step (epoch end right after a periodic save, or a resumed run saving again) is
+    moved aside before the rename and deleted after it; :func:`list_states` still finds the moved copy if
+    a kill lands between the two renames.
+    """
     root = state_dir(output_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:09d}"
     tmp = root / f".tmp-step_{step:09d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    with open(tmp / STATE_FILE, "wb") as f:
-        torch.save({"format": STATE_FORMAT, **payload}, f)
-        f.flush()
-        os.fsync(f.fileno())
+    _write_state_file(tmp / STATE_FILE, {"format": STATE_FORMAT, **payload}, step)
     (tmp / "meta.json").write_text(json.dumps({"step": step, "epoch": payload.get("progress", {}).get("epoch"),
                                                "time": time.time()}))
-    slow = float(os.environ.get("SCTRAIN_TEST_SLOW_SAVE", "0") or 0)
-    if slow > 0:  # test hook: widens the window in which a kill lands mid-save
-        time.sleep(slow)
-    if final.exists():  # the same step saved twice (epoch end right after a periodic save)
-        shutil.rmtree(final)
+    aside = None
+    if final.exists():
+        aside = root / f".old-step_{step:09d}-{os.getpid()}"
+        shutil.rmtree(aside, ignore_errors=True)
+        os.rename(final, aside)
     os.rename(tmp, final)
     _fsync_dir(root)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
     for old in list_states(output_dir)[keep_last:]:
         shutil.rmtree(old, ignore_errors=True)
-    for stale in root.glob(".tmp-step_*"):  # left by a writer killed mid-save
-        if stale != tmp:
-            shutil.rmtree(stale, ignore_errors=True)
+    for stale in [*root.glob(".tmp-step_*"), *root.glob(".old-step_*")]:  # left by writers killed mid-save
+        log.info("removing %s, left by an interrupted save", stale)
+        shutil.rmtree(stale, ignore_errors=True)
     return final
 
 
+_STATE_NAME = re.compile(r"^(?:\.old-)?step_(\d+)(?:-\d+)?$")
+
+
+def _state_step(path: Path) -> Optional[int]:
+    match = _STATE_NAME.match(path.name)
+    return int(match.group(1)) if match and path.is_dir() else None
+
+
 def list_states(output_dir: str | Path) -> list[Path]:
-    """Complete states, newest first."""
+    """Complete states, newest first; temporary folders of interrupted saves are ignored."""
     root = state_dir(output_dir)
     if not root.is_dir():
         return []
-    return sorted((p for p in root.glob("step_*") if p.is_dir()), reverse=True)
+    states = {_state_step(p): p for p in root.glob("step_*") if _state_step(p) is not None}
+    for moved in root.glob(".old-step_*"):  # a save was killed between moving this aside and renaming its successor
+        if _state_step(moved) is not None:
+            states.setdefault(_state_step(moved), moved)
+    return [states[step] for step in sorted(states, reverse=True)]
+
+
+def set_aside_states(output_dir: str | Path) -> Optional[Path]:
+    """Move an earlier run's states out of the way (``train.resume=never``): kept, but never resumed or pruned."""
+    root = state_dir(output_dir)
+    if not list_states(output_dir):
+        return None
+    target = root.with_name(f"state.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.rename(root, target)
+    log.warning("train.resume=never: moved the earlier training states to %s", target)
+    return target
+
+
+REQUIRED_STATE_KEYS = ("progress", "model", "optimizer", "scheduler", "rng")
 
 
 def load_state(path: str | Path) -> dict:
+    """One training state (a ``step_*`` folder or its ``state.pt``), checked for the parts resume needs."""
     path = Path(path)
-    return safe_load(path / STATE_FILE if path.is_dir() else path, STATE_FORMAT)
+    file = path / STATE_FILE if path.is_dir() else path
+    state = safe_load(file, STATE_FORMAT)
+    missing = [key for key in REQUIRED_STATE_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(f"training state {file} is incomplete (lacks {', '.join(missing)})")
+    return state
 
 
 def load_latest_state(output_dir: str | Path) -> tuple[Optional[Path], Optional[dict]]:
-    """The newest state that loads; a corrupt one is reported and the previous one used."""
-    for path in list_states(output_dir):
+    """The newest state that loads; a corrupt one is reported and the previous one used.
+
+    ``(None, None)`` when there is no state; an error when there are states but none loads (starting over
+    would silently discard the run).
+    """
+    states = list_states(output_dir)
+    for path in states:
         try:
             return path, load_state(path)
         except CheckpointError as e:
             log.warning("%s; falling back to the previous state", e)
+    if states:
+        raise CheckpointError(f"none of the {len(states)} training states in {state_dir(output_dir)} loads; "
+                              "move them away or set train.resume=never to start over")
     return None, None

@@ -28,8 +28,8 @@ class Progress:
 
 def rng_state() -> dict:
     state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()  # the current device's: one device per process
     return state
 
 
@@ -49,13 +49,14 @@ def gather_rng_states(world_size: int) -> list[dict]:
 
 class Checkpointer:
     def __init__(self, output_dir: str | Path, every_steps: int, keep_last: int, is_writer: bool,
-                 world_size: int, rank: int) -> None:
+                 world_size: int, rank: int, global_batch: int = 0) -> None:
         self.output_dir = Path(output_dir)
         self.every_steps = every_steps
         self.keep_last = keep_last
         self.is_writer = is_writer
         self.world_size = world_size
         self.rank = rank
+        self.global_batch = global_batch  # clips per optimizer step over all ranks (maps positions on resume)
         self.last_saved: Optional[tuple] = None  # (epoch, step_in_epoch, global_step) of the last save
 
     def due(self, progress: Progress) -> bool:
@@ -68,29 +69,62 @@ class Checkpointer:
             return
         rngs = gather_rng_states(self.world_size)
         if self.is_writer:
-            payload = {"progress": asdict(progress), "world_size": self.world_size, "rng": rngs, **(extra or {})}
+            payload = {"progress": asdict(progress), "world_size": self.world_size, "global_batch": self.global_batch,
+                       "rng": rngs, **(extra or {})}
             for name, part in parts.items():
                 payload[name] = (checkpoint.plain_state_dict(part) if isinstance(part, torch.nn.Module)
                                  else part.state_dict())
             path = checkpoint.save_state(self.output_dir, progress.global_step, payload, self.keep_last)
             log.info("saved training state %s", path)
+        if self.world_size > 1:
+            # Nobody runs ahead (or exits, after a stop signal) while rank 0 still writes: a launcher that sees
+            # one process leave tears the others down.
+            dist.barrier()
         self.last_saved = key
 
-    def restore(self, state: dict, parts: dict[str, Any]) -> Progress:
+    def restore(self, state: dict, parts: dict[str, Any], path: Any = "training state",
+                steps_per_epoch: int = 0) -> Progress:
         """Load a state saved by :meth:`save` into ``parts``; returns where to continue."""
         for name, part in parts.items():
             if name not in state:
-                raise checkpoint.CheckpointError(f"training state lacks '{name}'")
+                raise checkpoint.CheckpointError(f"{path} lacks '{name}'")
             target = getattr(part, "_orig_mod", part)
             target = getattr(target, "module", target)
-            target.load_state_dict(state[name])
-        if state.get("world_size") == self.world_size and len(state.get("rng", [])) == self.world_size:
+            try:
+                target.load_state_dict(state[name])
+            except (RuntimeError, ValueError, KeyError, TypeError) as e:
+                reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                raise checkpoint.CheckpointError(
+                    f"{path}: its {name} does not fit this run's config ({reason}); resume it with its own "
+                    "config, or start over with train.resume=never or another output_dir") from None
+        progress = Progress(**state["progress"])
+        same_layout = state.get("world_size") == self.world_size and len(state.get("rng", [])) == self.world_size
+        if same_layout:
             set_rng_state(state["rng"][self.rank])
         else:
             log.warning("resuming with %d processes from a state saved with %s: RNG streams restart, so the "
                         "run is no longer bitwise identical to an uninterrupted one", self.world_size,
                         state.get("world_size"))
             torch.manual_seed(int(state["progress"]["global_step"]) * 1000 + self.rank)
-        progress = Progress(**state["progress"])
+        saved_batch = int(state.get("global_batch") or 0)
+        if saved_batch and self.global_batch and saved_batch != self.global_batch and steps_per_epoch:
+            progress = self._remap(progress, saved_batch, steps_per_epoch, parts)
         self.last_saved = (progress.epoch, progress.step_in_epoch, progress.global_step)
+        return progress
+
+    def _remap(self, progress: Progress, saved_batch: int, steps_per_epoch: int, parts: dict[str, Any]) -> Progress:
+        """A different global batch (node count): keep the position in the epoch's clip stream, and count
+        steps (which drive the LR schedule) in the new step size."""
+        clips_done = progress.step_in_epoch * saved_batch
+        progress.step_in_epoch = min(steps_per_epoch, clips_done // self.global_batch)
+        progress.global_step = progress.epoch * steps_per_epoch + progress.step_in_epoch
+        scheduler = parts.get("scheduler")
+        if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+            scheduler.last_epoch = progress.global_step
+            for group, base, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+                group["lr"] = base * factor(progress.global_step)
+            scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+        log.warning("the state was saved with %d clips per step, this run takes %d: continuing at epoch %d, "
+                    "step %d of %d", saved_batch, self.global_batch, progress.epoch + 1, progress.step_in_epoch,
+                    steps_per_epoch)
         return progress

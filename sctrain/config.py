@@ -128,7 +128,7 @@ class TrainConfig:
     log_every: int = doc(20, "steps between training-metric log lines")
     checkpoint_every: int = doc(200, "steps between full training-state saves (0 = only at epoch ends)")
     keep_last: int = doc(2, "training states kept in output_dir/state (older ones are deleted)")
-    resume: str = doc("auto", "'auto' (resume from output_dir/state when present), 'never', or a path to a state folder")
+    resume: str = doc("auto", "'auto' (resume from output_dir/state when present), 'never' (start over; earlier states move to output_dir/state.replaced-*), or a state folder to start from (output_dir's own states win once they exist)")
     max_steps: int = doc(0, "stop after this many steps (0 = no limit; for smoke tests)")
 
     def __post_init__(self) -> None:
