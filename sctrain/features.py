@@ -44,13 +44,25 @@ class LogMel(nn.Module):
         # reshape, not a rank check, folds [T] and [B, T] into [B, T]: no Python branch for export to trace.
         wave = wave.reshape(-1, wave.shape[-1])
         with torch.autocast(device_type=wave.device.type, enabled=False):
-            spec = torch.log(self.mel(wave.float()) + LOG_OFFSET)  # [B, n_mels, frames]
+            spec = torch.log(self.mel.mel_scale(self.power(wave.float())) + LOG_OFFSET)  # [B, n_mels, frames]
             # Per-clip normalisation: recording level and microphone colouring vary far more between
             # speakers than between words; the mean/variance over the whole clip carries no word identity.
             mean = spec.mean(dim=(-2, -1), keepdim=True)
             var = (spec - mean).square().mean(dim=(-2, -1), keepdim=True)
             spec = (spec - mean) * torch.rsqrt(var + NORM_EPS)
         return spec.unsqueeze(1)
+
+    def power(self, wave: Tensor) -> Tensor:
+        """``[B, T]`` float32 -> power spectrogram ``[B, n_fft // 2 + 1, frames]``, as ``self.mel.spectrogram``.
+
+        The STFT of torchaudio's ``Spectrogram`` with its own window and settings, but the power as
+        re^2 + im^2: torchaudio takes ``abs()`` (a square root) and squares it again, which makes its
+        log-mel about 1.3x slower on a CPU.
+        """
+        s = self.mel.spectrogram
+        stft = torch.stft(wave, s.n_fft, s.hop_length, s.win_length, s.window, center=s.center,
+                          pad_mode=s.pad_mode, normalized=False, onesided=s.onesided, return_complex=True)
+        return stft.real.square() + stft.imag.square()
 
 
 def _band_mask(batch: int, count: int, size: int, max_width: int, device: torch.device) -> Tensor:

@@ -30,9 +30,11 @@ from .evaluate import EvalResult, eval_loader, evaluate
 from .frontend import FrontEnd
 from .latency import latency_report
 from .model import AudioClassifier, build_model, count_parameters
-from .runtime import make_accelerator, once_per_node
+from .runtime import (dump_weight_digest, global_sum, make_accelerator, once_per_node, shutdown,
+                      sync_buffers)
 from .stopping import EXIT_PREEMPTED, GracefulStop
-from .tracking import make_tracker
+from .syncbn import convert_sync_batchnorm
+from .tracking import collect_examples, make_tracker
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +96,7 @@ class Run:
         torch.manual_seed(cfg.train.seed)
         self.model = build_model(cfg.model, len(self.labels))
         if cfg.train.sync_bn and self.world > 1:
-            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            self.model = convert_sync_batchnorm(self.model, self.device)  # CPU (gloo) too, unlike torch's
         self.frontend = FrontEnd(cfg.features, cfg.augment, torch.from_numpy(np.asarray(self.data.background))).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         # The scheduler is stepped by us, once per optimizer step: Accelerate's wrapper would step it
@@ -112,14 +114,18 @@ class Run:
         self.loss_weights = class_weights(self.data, self.device) if cfg.train.balance == "loss" else None
 
         self.checkpointer = Checkpointer(self.out, cfg.train.checkpoint_every, cfg.train.keep_last,
-                                         self.is_main, self.world, self.rank)
+                                         self.is_main, self.world, self.rank,
+                                         global_batch=cfg.train.batch_size * self.world)
         self.progress = Progress()
-        resume_state = self._find_resume_state()
-        tracker_id = resume_state.get("tracker_run_id") if resume_state else None
+        resume_path, resume_state = self._find_resume_state()
+        # Continue this run's tracker run; a state from another run (train.resume=PATH) starts a new one.
+        own_state = resume_state is not None and resume_path.parent == checkpoint.state_dir(self.out)
+        tracker_id = resume_state.get("tracker_run_id") if own_state else None
         self.tracker = make_tracker(self.is_main, self.out, cfg.tracking, cfg.to_dict(), resume_id=tracker_id)
         if resume_state is not None:
-            self.progress = self.checkpointer.restore(resume_state, self._state_parts())
-            log.info("resumed at epoch %d, step %d (best val acc %.4f)", self.progress.epoch,
+            self.progress = self.checkpointer.restore(resume_state, self._state_parts(), resume_path,
+                                                      self.steps_per_epoch)
+            log.info("resumed in epoch %d, after step %d (best val acc %.4f)", self.progress.epoch + 1,
                      self.progress.global_step, self.progress.best_val_acc)
         self.stop = GracefulStop().install()
 
@@ -130,17 +136,20 @@ class Run:
             parts["scaler"] = self.accelerator.scaler
         return parts
 
-    def _find_resume_state(self) -> Optional[dict]:
+    def _find_resume_state(self) -> tuple[Optional[Path], Optional[dict]]:
         mode = self.cfg.train.resume
         if mode == "never":
-            return None
-        if mode == "auto":
-            path, state = checkpoint.load_latest_state(self.out)
-        else:
+            if self.is_main:
+                checkpoint.set_aside_states(self.out)
+            return None, None
+        # output_dir's own newest state first, also with resume=PATH: a requeued job repeats its command line
+        # and must continue where it stopped, not go back to PATH.
+        path, state = checkpoint.load_latest_state(self.out)
+        if state is None and mode != "auto":
             path, state = Path(mode), checkpoint.load_state(mode)
         if state is not None:
-            log.info("resuming from %s", path)
-        return state
+            log.info("resuming from %s (step %d)", path, state["progress"]["global_step"])
+        return path, state
 
     def save_state(self) -> None:
         self.checkpointer.save(self.progress, self._state_parts(),
@@ -166,8 +175,15 @@ class Run:
             if cfg.augment.mixup_p > 0 and torch.rand(()) < cfg.augment.mixup_p:
                 features, target = mixup(features, target, len(self.labels), cfg.augment.mixup_alpha)
             logits = self.step_model(features)
-        loss = F.cross_entropy(logits.float(), target, weight=self.loss_weights,
-                               label_smoothing=cfg.train.label_smoothing)
+        if self.loss_weights is not None and target.dim() == 1:
+            # Class-weighted mean over the *global* batch: DDP averages per-rank losses, and per-rank weighted
+            # means would weight each rank's clips by its own weight total instead.
+            per_clip = F.cross_entropy(logits.float(), target, weight=self.loss_weights,
+                                       label_smoothing=cfg.train.label_smoothing, reduction="none")
+            loss = per_clip.sum() * self.world / global_sum(self.accelerator, self.loss_weights[target].sum())
+        else:
+            loss = F.cross_entropy(logits.float(), target, weight=self.loss_weights,
+                                   label_smoothing=cfg.train.label_smoothing)
         self.accelerator.backward(loss)
         if cfg.train.grad_clip > 0:
             self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
@@ -205,6 +221,8 @@ class Run:
             if self.stop.should_stop(self.accelerator):
                 bar.close()
                 self.save_state()
+                log.info("stopped after step %d on a signal: training state saved, exiting with code %d so the "
+                         "job can be requeued", p.global_step, EXIT_PREEMPTED)
                 raise Preempted()
             if self.checkpointer.due(p):
                 self.save_state()
@@ -235,6 +253,7 @@ class Run:
             epoch = p.epoch
             if p.step_in_epoch < self.steps_per_epoch:
                 rates.append(self.train_epoch(epoch))
+            sync_buffers(self.accelerator, self.raw_model)  # every rank evaluates (and rank 0 saves) rank 0's BN stats
             val = self.evaluate("validation")
             improved = val.accuracy > p.best_val_acc
             if improved:
@@ -243,7 +262,9 @@ class Run:
                     checkpoint.save_best(self.out / "best_sc.pt", self.raw_model, self.labels, cfg.to_dict(),
                                          {"val_acc": val.accuracy, "val_loss": val.loss, "epoch": epoch,
                                           "step": p.global_step})
-            self.tracker.log_eval(p.global_step, epoch, "validation", val)
+            examples = collect_examples(self.raw_model, self.frontend, self.data.split("validation"), self.labels,
+                                        self.tracker.wants_examples, self.device)  # None unless W&B wants them
+            self.tracker.log_eval(p.global_step, epoch, "validation", val, examples)
             log.info("epoch %d/%d: val acc %.4f loss %.4f%s", epoch + 1, cfg.train.epochs, val.accuracy, val.loss,
                      " (best, saved best_sc.pt)" if improved else "")
             p.epoch, p.step_in_epoch = epoch + 1, 0
@@ -251,6 +272,7 @@ class Run:
             if cfg.train.max_steps and p.global_step >= cfg.train.max_steps:
                 break
         self.accelerator.wait_for_everyone()
+        dump_weight_digest(self.raw_model, self.rank, self.world)  # debug hook, only with $SCTRAIN_DUMP_WEIGHTS_DIR
         return {"train_clips_per_s": float(np.mean(rates)) if rates else None}
 
     # ------------------------------------------------------------------------------------ finish
@@ -302,13 +324,17 @@ class Run:
 
     def close(self) -> None:
         self.stop.uninstall()
+        self.tracker.finish()  # no-op after finish(); after preemption or an error, records the exit code
 
 
 def train(cfg: Config) -> dict:
     """Train, then test the best checkpoint; returns the results dict (the same on every rank)."""
-    run = Run(cfg)
     try:
-        info = run.fit()
-        return run.finish(info)
+        run = Run(cfg)
+        try:
+            info = run.fit()
+            return run.finish(info)
+        finally:
+            run.close()
     finally:
-        run.close()
+        shutdown()  # every rank, on success and on error: no teardown crash after a peer exits

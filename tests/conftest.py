@@ -22,3 +22,37 @@ def mini_root() -> Path:
     if not root.is_dir():
         pytest.skip(f"real-clip mini dataset not found at {root}")
     return root
+
+
+# Settings of the inference tests' model: 12-label kws12 task (its _silence_ class, cut from the background
+# recordings, is what lets a stream's pauses score as "no keyword"), a coarse 40-mel x 51-frame front end and
+# no spectrogram masking so width 16 learns the 8 words in a few epochs (~90 % validation accuracy).
+INFER_MODEL_OVERRIDES = [
+    "data.task=kws12", "data.num_workers=0", "features.n_mels=40", "features.hop_length=320",
+    "augment.mask_p=0", "train.epochs=8", "train.batch_size=32", "train.lr=0.01", "train.checkpoint_every=0",
+    "bench.latency=false", "tracking.report=false", "tracking.log_examples=0", "tracking.mode=disabled",
+]
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(mini_root, tmp_path_factory) -> Path:
+    """best_sc.pt of a width-16 model trained in-process on the real-clip mini dataset (~1-2 min).
+
+    Trained on one thread: on a shared, oversubscribed CI machine OpenMP's parallel regions stall on
+    descheduled threads and take several times longer than a single thread."""
+    import torch
+
+    from sctrain.config import load_config
+    from sctrain.train import train
+
+    out = tmp_path_factory.mktemp("infer_model")
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs/debug.yaml",
+                      [f"data.root={mini_root}", f"data.cache_dir={out / 'cache'}", f"output_dir={out / 'run'}",
+                       *INFER_MODEL_OVERRIDES])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    return out / "run" / "best_sc.pt"

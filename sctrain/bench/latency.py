@@ -1,0 +1,281 @@
+"""``python -m sctrain.bench latency CKPT [--json OUT]``: inference latency and throughput of a checkpoint.
+
+Backends, each on raw 1 s audio (log-mel included): eager PyTorch as trained, eager with the inference
+copy of the network (:class:`sctrain.infer.FastNet`: BatchNorm folded, channels-last), ``torch.compile``,
+ONNX Runtime and TorchScript (both exported by :mod:`sctrain.export`). Batch-1 latency is measured with
+one intra-op thread and with all cores; large-batch throughput with all cores. On a GPU (when present)
+the same PyTorch backends run with the input already on the device. Last, the streaming detector's
+real-time factor on one core with the default 100 ms hop.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from ..checkpoint import CheckpointError
+from ..data.speechcommands import CLIP_SAMPLES, SAMPLE_RATE
+from ..infer import AudioError, LoadedModel, load_model
+from ..latency import summarize, time_calls
+from ..model import count_parameters
+
+log = logging.getLogger(__name__)
+
+# make(device, threads) -> call(batch) -> logits; the batch is a tensor on the device or a numpy array.
+Maker = Callable[[torch.device, int], Callable[[object], object]]
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _torch_backend(module: torch.nn.Module) -> Maker:
+    def make(device: torch.device, threads: int):
+        m = module.to(device).eval()
+
+        @torch.inference_mode()
+        def call(x):
+            return m(x)
+        return call
+    return make
+
+
+def _compiled_backend(module: torch.nn.Module) -> Maker:
+    compiled: dict = {}
+
+    def make(device: torch.device, threads: int):
+        if device.type not in compiled:  # one compiled module per device; shapes recompile on first use
+            compiled[device.type] = torch.compile(module.to(device).eval(), dynamic=False)
+        m = compiled[device.type]
+
+        @torch.inference_mode()
+        def call(x):
+            return m(x)
+        return call
+    return make
+
+
+def _exported_backend(path: Path, kind: str) -> Maker:
+    from ..export import OnnxModel, TorchScriptModel
+
+    def make(device: torch.device, threads: int):
+        if kind == "onnx":
+            providers = ["CUDAExecutionProvider"] if device.type == "cuda" else ["CPUExecutionProvider"]
+            return OnnxModel(path, threads=threads, providers=providers)
+        ts = TorchScriptModel(path).module.to(device)
+
+        @torch.inference_mode()
+        def call(x):
+            return ts(x)
+        return call
+    return make
+
+
+def build_backends(model: LoadedModel, workdir: Path, args: argparse.Namespace) -> dict[str, tuple[Maker, str]]:
+    """name -> (maker, input kind); exporters that are unavailable are skipped with a note."""
+    backends: dict[str, tuple[Maker, str]] = {
+        "eager": (_torch_backend(model.classifier), "torch"),
+        "eager-fast": (_torch_backend(model.fast_classifier), "torch"),
+    }
+    if not args.no_compile:
+        backends["compiled"] = (_compiled_backend(model.classifier), "torch")
+    from ..export import ExportError, export_onnx, export_torchscript, require
+    if not args.no_onnx:
+        try:
+            require("onnx", "onnxscript", "onnxruntime")
+            path = export_onnx(model, workdir / "model.onnx")
+            backends["onnxruntime"] = (_exported_backend(path, "onnx"), "numpy")
+        except ExportError as e:
+            log.warning("onnxruntime skipped: %s", e)
+    if not args.no_torchscript:
+        path = export_torchscript(model, workdir / "model.torchscript.pt")
+        backends["torchscript"] = (_exported_backend(path, "torchscript"), "torch")
+    return backends
+
+
+def measure(make: Maker, kind: str, device: torch.device, threads: int, batch: int, iters: int,
+            warmup: int) -> dict:
+    torch.set_num_threads(threads)
+    x = torch.randn(batch, CLIP_SAMPLES, generator=torch.Generator().manual_seed(batch)) * 0.1
+    x = x.numpy() if kind == "numpy" else x.to(device)
+    call = make(device, threads)
+    fn = (lambda: call(x))
+    return {**summarize(time_calls(fn, device, iters, warmup=warmup), batch), "threads": threads}
+
+
+def stream_rtf(model: LoadedModel, seconds: float, hop_ms: float, **kwargs) -> dict:
+    """Real-time factor of :class:`StreamingDetector` on one thread over ``seconds`` of audio."""
+    from ..streaming import StreamingDetector
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    wave = (rng.standard_normal(int(seconds * SAMPLE_RATE)) * 0.05).astype(np.float32)
+    detector = StreamingDetector(model, hop_ms=hop_ms, **kwargs)
+    detector.process(wave[: 2 * SAMPLE_RATE])  # warm-up: first-call allocations
+    detector.reset()
+    detector.process(wave)
+    return {"hop_ms": hop_ms, "audio_s": seconds, "windows": detector.windows,
+            "real_time_factor": detector.real_time_factor,
+            "ms_per_window": 1e3 * detector.compute_s / max(1, detector.windows)}
+
+
+def streaming_rows(model: LoadedModel, args: argparse.Namespace) -> dict:
+    """The detector's real-time factor, one thread, 100 ms hop: default settings, then one change each."""
+    rows = {"default (fast net, whole-window features)": stream_rtf(model, args.stream_seconds, 100.0),
+            "incremental features": stream_rtf(model, args.stream_seconds, 100.0, incremental=True),
+            "net as trained (no BN folding, NCHW)": stream_rtf(model, args.stream_seconds, 100.0, net=model.net)}
+    if not args.no_onnx:
+        from ..export import ExportError, OnnxModel, export_onnx
+        try:
+            with tempfile.TemporaryDirectory(prefix="sctrain-latency-") as tmp:
+                ort_net = OnnxModel(export_onnx(model, Path(tmp) / "logmel.onnx", "logmel"), threads=1)
+                rows["onnxruntime net (--input logmel export)"] = stream_rtf(
+                    model, args.stream_seconds, 100.0, net=lambda x: torch.from_numpy(ort_net(x.numpy())))
+        except ExportError as e:
+            log.warning("onnxruntime streaming skipped: %s", e)
+    return rows
+
+
+def run(args: argparse.Namespace) -> dict:
+    model = load_model(args.checkpoint)
+    cores = args.threads or torch.get_num_threads()
+    thread_counts = sorted({1, cores})
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() and not args.cpu_only else [])
+    report: dict = {
+        "checkpoint": str(args.checkpoint), "params": count_parameters(model.net), "width": model.config.model.width,
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads_default": cores,
+                    "gpu": torch.cuda.get_device_name(0) if len(devices) > 1 else None,
+                    "torch": torch.__version__, "python": platform.python_version(),
+                    "load_avg_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+                    "date": datetime.datetime.now().isoformat(timespec="seconds")},
+        "iters": args.iters, "large_batch": args.large_batch, "results": {}}
+    try:
+        import onnxruntime
+        report["machine"]["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    with tempfile.TemporaryDirectory(prefix="sctrain-latency-") as tmp:
+        backends = build_backends(model, Path(tmp), args)
+        for device in devices:
+            per_device = report["results"].setdefault(device.type, {})
+            for name, (make, kind) in backends.items():
+                if device.type == "cuda" and name == "onnxruntime" and not _ort_has_cuda():
+                    continue
+                t0 = time.perf_counter()
+                row: dict = {"batch1": {}}
+                counts = thread_counts if device.type == "cpu" else [cores]
+                warm = 3 if name != "compiled" else 2
+                for threads in counts:
+                    row["batch1"][str(threads)] = measure(make, kind, device, threads, 1, args.iters, warm)
+                row["large_batch"] = measure(make, kind, device, cores, args.large_batch,
+                                             max(3, args.iters // 20), 1)
+                per_device[name] = row
+                log.info("%s/%s done in %.0f s", device.type, name, time.perf_counter() - t0)
+    model.classifier.cpu()
+    model.fast_classifier.cpu()
+    torch.set_num_threads(cores)
+    if args.stream_seconds > 0:
+        report["streaming"] = streaming_rows(model, args)
+        torch.set_num_threads(cores)
+    _speedups(report)
+    return report
+
+
+def _ort_has_cuda() -> bool:
+    try:
+        import onnxruntime
+        return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    except ImportError:
+        return False
+
+
+def _speedups(report: dict) -> None:
+    """Each backend's best batch-1 p50 against eager PyTorch with its default thread pool."""
+    for device, rows in report["results"].items():
+        if "eager" not in rows:
+            continue
+        base = rows["eager"]["batch1"][max(rows["eager"]["batch1"], key=int)]["p50_ms"]
+        for row in rows.values():
+            best = min(r["p50_ms"] for r in row["batch1"].values())
+            row["best_batch1_p50_ms"] = best
+            row["speedup_vs_eager"] = base / best
+
+
+def table(report: dict) -> str:
+    lines = []
+    for device, rows in report["results"].items():
+        counts = sorted({int(t) for r in rows.values() for t in r["batch1"]})
+        head = ["backend"] + [f"b1 p50 {t}t" for t in counts] + ["b1 p95", "b1 p99", "best vs eager",
+                                                                   f"b{report['large_batch']} clips/s"]
+        lines.append(f"{device}: batch-1 latency (ms) and throughput; p95/p99 at the fastest thread count")
+        lines.append(" | ".join(f"{h:>13}" for h in head))
+        for name, row in rows.items():
+            b1 = row["batch1"]
+            fastest = min(b1.values(), key=lambda r: r["p50_ms"])
+            cells = [name] + [f"{b1[str(t)]['p50_ms']:.2f}" if str(t) in b1 else "-" for t in counts]
+            cells += [f"{fastest['p95_ms']:.2f}", f"{fastest['p99_ms']:.2f}", f"{row.get('speedup_vs_eager', 1):.2f}x",
+                      f"{row['large_batch']['clips_per_s']:.0f}"]
+            lines.append(" | ".join(f"{c:>13}" for c in cells))
+        lines.append("")
+    for name, s in report.get("streaming", {}).items():
+        lines.append(f"streaming {name}: real-time factor {s['real_time_factor']:.4f} on 1 thread "
+                     f"({s['ms_per_window']:.2f} ms per window, hop {s['hop_ms']:.0f} ms)")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m sctrain.bench latency", description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoint", help="best_sc.pt")
+    p.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT")
+    p.add_argument("--iters", type=int, default=200, help="timed batch-1 calls per measurement (default 200)")
+    p.add_argument("--large-batch", type=int, default=256, help="throughput batch size (default 256)")
+    p.add_argument("--threads", type=int, default=0, help="threads for 'all cores' (default: torch's default)")
+    p.add_argument("--no-compile", action="store_true", help="skip torch.compile (about 40 s of compiling on a CPU)")
+    p.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime")
+    p.add_argument("--no-torchscript", action="store_true", help="skip TorchScript")
+    p.add_argument("--cpu-only", action="store_true", help="skip the GPU even when one is present")
+    p.add_argument("--stream-seconds", type=float, default=30.0, help="audio streamed for the RTF (0 = skip)")
+    args = p.parse_args(argv)
+    if args.iters < 1 or args.large_batch < 1 or args.threads < 0 or args.stream_seconds < 0:
+        p.error("--iters and --large-batch must be >= 1, --threads and --stream-seconds >= 0")
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    for noisy in ("torch._dynamo", "torch._inductor", "torch.onnx", "torch.export"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        report = run(args)
+    except (CheckpointError, AudioError) as e:
+        print(f"sctrain: error: {e}", file=sys.stderr)
+        return 2
+    print(table(report))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
