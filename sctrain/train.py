@@ -253,7 +253,7 @@ class Run:
             epoch = p.epoch
             if p.step_in_epoch < self.steps_per_epoch:
                 rates.append(self.train_epoch(epoch))
-            sync_buffers(self.accelerator, self.raw_model)  # every rank evaluates (and rank 0 saves) rank 0's BN stats
+            sync_buffers(self.accelerator, self.raw_model)  # all ranks evaluate (rank 0 saves) rank 0's BN stats
             val = self.evaluate("validation")
             improved = val.accuracy > p.best_val_acc
             if improved:
