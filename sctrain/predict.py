@@ -16,10 +16,11 @@ EXIT_ERROR = 2
 EPILOG = """\
 examples:
   python -m sctrain.predict runs/sc/best_sc.pt clip.wav other.flac --top-k 3
-  python -m sctrain.predict runs/sc/best_sc.pt long_recording.wav --stream --threshold 0.6 --json
+  python -m sctrain.predict runs/sc/best_sc.pt long_recording.wav --stream --threshold 0.5 --json
 
-Batch-1 inference runs fastest on one thread (intra-op thread pools cost more than they save on a 1 s
-clip); --threads changes that.
+Runs on one thread unless --threads says otherwise: a 1 s clip is too little work per operator for a
+thread pool to pay reliably, and on a busy machine PyTorch's OpenMP pool makes batch-1 inference many
+times slower (python -m sctrain.bench latency measures both).
 """
 
 
@@ -35,9 +36,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     s = p.add_argument_group("streaming (--stream)")
     s.add_argument("--stream", action="store_true", help="slide a 1 s window over each file and report keyword events")
     s.add_argument("--hop-ms", type=float, default=100.0, help="window hop in ms (default 100)")
-    s.add_argument("--threshold", type=float, default=0.6, help="smoothed posterior that triggers an event (default 0.6)")
+    s.add_argument("--threshold", type=float, default=0.5,
+                   help="smoothed keyword posterior that opens an event (default 0.5)")
     s.add_argument("--smooth", type=int, default=5, help="windows averaged before thresholding (default 5)")
-    s.add_argument("--refractory-ms", type=float, default=1000.0, help="no new event this long after one (default 1000)")
+    s.add_argument("--refractory-ms", type=float, default=1000.0,
+                   help="no new event this long after one (default 1000)")
     args = p.parse_args(argv)
     if args.top_k < 1:
         p.error(f"--top-k must be >= 1, got {args.top_k}")
@@ -55,6 +58,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 
 def _stream_file(model, path: str, args: argparse.Namespace) -> dict:
+    from .data.speechcommands import SAMPLE_RATE
     from .infer import read_audio
     from .streaming import StreamingDetector
 
@@ -62,7 +66,7 @@ def _stream_file(model, path: str, args: argparse.Namespace) -> dict:
     detector = StreamingDetector(model, hop_ms=args.hop_ms, threshold=args.threshold, smooth=args.smooth,
                                  refractory_ms=args.refractory_ms)
     events = detector.process(wave)
-    return {"file": path, "duration_s": len(wave) / 16000, "events": [e.to_dict() for e in events],
+    return {"file": path, "duration_s": len(wave) / SAMPLE_RATE, "events": [e.to_dict() for e in events],
             "windows": detector.windows, "real_time_factor": detector.real_time_factor}
 
 

@@ -2,7 +2,7 @@
 
 The mini set's test speakers are disjoint from its training speakers, so this checks the real data path,
 the front end and the recipe together, not memorisation. configs/mini.yaml is tuned for it (docs/recipe.md
-has the measurements: 80-88 % over seeds), so a drop below 75 % means something broke, not bad luck.
+has the measurements: 82-85 % over three seeds), so a drop below 75 % means something broke, not bad luck.
 """
 import json
 from pathlib import Path

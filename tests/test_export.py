@@ -74,6 +74,7 @@ def test_onnx_logmel_export_matches_pytorch(model, test_audio, tmp_path):
     assert check_parity(model, exported, test_audio, atol=1e-3)["argmax_agree"] == len(test_audio)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 @pytest.mark.parametrize("kind", ["audio", "logmel"])
 def test_torchscript_export_matches_pytorch(trained_checkpoint, model, test_audio, mini_root, tmp_path, capsys, kind):
     out = tmp_path / f"kws.{kind}.pt"
@@ -96,6 +97,7 @@ def test_parity_failure_fails_the_export(trained_checkpoint, model, mini_root, t
                         "--check-audio", str(mini_root / "go"), "--check-clips", "4"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("sctrain: error: parity check failed") and str(out) in err[0]
+    assert not out.exists() and not list(tmp_path.glob(".tmp*")), "a file that failed the check was left behind"
     # And a real mismatch: a file exported from other weights than the model it is checked against.
     other = load_model(trained_checkpoint)
     with torch.no_grad():

@@ -25,7 +25,7 @@ def model(trained_checkpoint):
     return load_model(trained_checkpoint)
 
 
-def correct_clips(model, root: Path, per_word: int = 3, min_prob: float = 0.7) -> list[tuple[str, np.ndarray]]:
+def correct_clips(model, root: Path, per_word: int = 5, min_prob: float = 0.7) -> list[tuple[str, np.ndarray]]:
     """Test-split clips (speakers never trained on) that the model labels right on their own.
 
     "On their own" as the detector sees a word: the clip alone on silence, scored at the window offsets
@@ -50,7 +50,8 @@ def correct_clips(model, root: Path, per_word: int = 3, min_prob: float = 0.7) -
 
 def build_stream(clips, root: Path, seed: int = 0) -> tuple[np.ndarray, list[tuple[float, str]]]:
     """Words in shuffled order, each preceded by 1.2-2.0 s of either digital silence or a background
-    recording (RMS 0.01-0.05); returns the waveform and (clip start in s, word) per word."""
+    recording 10-20 dB below the word (inside the 5-30 dB SNR range the model was trained with); returns
+    the waveform and (clip start in s, word) per word."""
     rng = np.random.default_rng(seed)
     noises = []
     for name in NOISES:
@@ -64,7 +65,8 @@ def build_stream(clips, root: Path, seed: int = 0) -> tuple[np.ndarray, list[tup
             rec = noises[rng.integers(len(noises))]
             start = rng.integers(0, len(rec) - gap)
             seg = rec[start: start + gap]
-            seg = seg / max(1e-6, float(np.sqrt(np.mean(seg ** 2)))) * rng.uniform(0.01, 0.05)
+            level = _rms(clip) * 10 ** (-rng.uniform(10, 20) / 20)
+            seg = seg * (level / max(1e-9, _rms(seg)))
         else:
             seg = np.zeros(gap, dtype=np.float32)
         parts += [seg.astype(np.float32), clip]
@@ -72,6 +74,10 @@ def build_stream(clips, root: Path, seed: int = 0) -> tuple[np.ndarray, list[tup
         t += gap + len(clip)
     parts.append(np.zeros(SAMPLE_RATE, dtype=np.float32))
     return np.concatenate(parts), truth
+
+
+def _rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
 
 
 def match(events, truth) -> tuple[int, int]:
@@ -90,12 +96,12 @@ def match(events, truth) -> tuple[int, int]:
 @pytest.mark.slow
 def test_stream_finds_known_words(model, mini_root):
     clips = correct_clips(model, mini_root)
-    assert len(clips) >= 16, f"only {len(clips)} confidently correct test clips: the fixture model is too weak"
+    assert len(clips) >= 24, f"only {len(clips)} confidently correct test clips: the fixture model is too weak"
     wave, truth = build_stream(clips, mini_root)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the deployment setting the real-time factor is quoted for
     try:
-        detector = StreamingDetector(model)  # defaults: 100 ms hop, 5-window smoothing, threshold 0.6, 1 s refractory
+        detector = StreamingDetector(model)  # defaults: 100 ms hop, 5-window smoothing, threshold 0.5, 1 s refractory
         events = []
         rng = np.random.default_rng(1)
         pos = 0
@@ -109,7 +115,7 @@ def test_stream_finds_known_words(model, mini_root):
     found, false_alarms = match(events, truth)
     summary = f"{found}/{len(truth)} words found, {false_alarms} false alarms in {len(wave) / SAMPLE_RATE:.0f} s"
     assert found >= 0.9 * len(truth), summary
-    assert false_alarms <= max(2, len(truth) // 8), summary
+    assert false_alarms <= len(truth) // 6, summary  # about one per 15 s of audio
     assert detector.windows == (len(wave) - SAMPLE_RATE) // detector.hop + 1
     assert 0 < detector.real_time_factor < 1.0, f"real-time factor {detector.real_time_factor:.3f}"
 

@@ -5,11 +5,16 @@ copy of the network (:class:`sctrain.infer.FastNet`: BatchNorm folded, channels-
 ONNX Runtime and TorchScript (both exported by :mod:`sctrain.export`). Batch-1 latency is measured with
 one intra-op thread and with all cores; large-batch throughput with all cores. On a GPU (when present)
 the same PyTorch backends run with the input already on the device. Last, the streaming detector's
-real-time factor on one core with the default 100 ms hop.
+real-time factor on one core with the default 100 ms hop, with variants (incremental features, the net
+as trained, an ONNX Runtime net).
+
+All cases are timed interleaved, in rounds of a few calls each, so a shared machine's changing load
+falls on every backend alike; the JSON records the load average at the start and the end.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import logging
@@ -17,7 +22,8 @@ import os
 import platform
 import sys
 import tempfile
-import time
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -46,9 +52,14 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _on(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``module`` on ``device``; a copy for a GPU, so the CPU cases keep theirs (``.to`` moves in place)."""
+    return (module if device.type == "cpu" else copy.deepcopy(module).to(device)).eval()
+
+
 def _torch_backend(module: torch.nn.Module) -> Maker:
     def make(device: torch.device, threads: int):
-        m = module.to(device).eval()
+        m = _on(module, device)
 
         @torch.inference_mode()
         def call(x):
@@ -62,7 +73,7 @@ def _compiled_backend(module: torch.nn.Module) -> Maker:
 
     def make(device: torch.device, threads: int):
         if device.type not in compiled:  # one compiled module per device; shapes recompile on first use
-            compiled[device.type] = torch.compile(module.to(device).eval(), dynamic=False)
+            compiled[device.type] = torch.compile(_on(module, device), dynamic=False)
         m = compiled[device.type]
 
         @torch.inference_mode()
@@ -79,7 +90,7 @@ def _exported_backend(path: Path, kind: str) -> Maker:
         if kind == "onnx":
             providers = ["CUDAExecutionProvider"] if device.type == "cuda" else ["CPUExecutionProvider"]
             return OnnxModel(path, threads=threads, providers=providers)
-        ts = TorchScriptModel(path).module.to(device)
+        ts = TorchScriptModel(path, device).module  # map_location: frozen constants move too
 
         @torch.inference_mode()
         def call(x):
@@ -110,54 +121,86 @@ def build_backends(model: LoadedModel, workdir: Path, args: argparse.Namespace) 
     return backends
 
 
-def measure(make: Maker, kind: str, device: torch.device, threads: int, batch: int, iters: int,
-            warmup: int) -> dict:
+@dataclass
+class Case:
+    """One measurement: a backend on a device with a thread count and a batch size."""
+
+    device: torch.device
+    backend: str
+    threads: int
+    batch: int
+    call: Callable[[], object]
+    times: list = field(default_factory=list)
+
+
+def make_case(make: Maker, kind: str, device: torch.device, backend: str, threads: int, batch: int) -> Case:
     torch.set_num_threads(threads)
     x = torch.randn(batch, CLIP_SAMPLES, generator=torch.Generator().manual_seed(batch)) * 0.1
     x = x.numpy() if kind == "numpy" else x.to(device)
-    call = make(device, threads)
-    fn = (lambda: call(x))
-    return {**summarize(time_calls(fn, device, iters, warmup=warmup), batch), "threads": threads}
+    fn = make(device, threads)
+    return Case(device, backend, threads, batch, lambda: fn(x))
 
 
-def stream_rtf(model: LoadedModel, seconds: float, hop_ms: float, **kwargs) -> dict:
-    """Real-time factor of :class:`StreamingDetector` on one thread over ``seconds`` of audio."""
-    from ..streaming import StreamingDetector
-
-    torch.set_num_threads(1)
-    rng = np.random.default_rng(0)
-    wave = (rng.standard_normal(int(seconds * SAMPLE_RATE)) * 0.05).astype(np.float32)
-    detector = StreamingDetector(model, hop_ms=hop_ms, **kwargs)
-    detector.process(wave[: 2 * SAMPLE_RATE])  # warm-up: first-call allocations
-    detector.reset()
-    detector.process(wave)
-    return {"hop_ms": hop_ms, "audio_s": seconds, "windows": detector.windows,
-            "real_time_factor": detector.real_time_factor,
-            "ms_per_window": 1e3 * detector.compute_s / max(1, detector.windows)}
+def run_interleaved(cases: list[Case], calls: int, block: int, warmup: int) -> list[Case]:
+    """``calls`` timed calls per case, taken in rounds of ``block`` calls per case in turn, so that every
+    case sees the same share of whatever else the machine is doing (a busy shared machine drifts by
+    factors over minutes; back-to-back runs per backend would compare the drift, not the backends).
+    Returns the cases that ran; one that fails on its first calls is reported and left out."""
+    ready = []
+    for case in cases:  # first calls: allocation, autotuning, torch.compile's compilation
+        torch.set_num_threads(case.threads)
+        try:
+            time_calls(case.call, case.device, 0, warmup=warmup)
+            ready.append(case)
+        except Exception as e:  # noqa: BLE001 - e.g. a runtime without kernels for this device
+            log.warning("%s on %s skipped: %s", case.backend, case.device, str(e).strip().splitlines()[0][:200])
+    for _ in range(max(1, calls // block)):
+        for case in ready:
+            torch.set_num_threads(case.threads)
+            case.times.extend(time_calls(case.call, case.device, block, warmup=1))
+    return ready
 
 
 def streaming_rows(model: LoadedModel, args: argparse.Namespace) -> dict:
-    """The detector's real-time factor, one thread, 100 ms hop: default settings, then one change each."""
-    rows = {"default (fast net, whole-window features)": stream_rtf(model, args.stream_seconds, 100.0),
-            "incremental features": stream_rtf(model, args.stream_seconds, 100.0, incremental=True),
-            "net as trained (no BN folding, NCHW)": stream_rtf(model, args.stream_seconds, 100.0, net=model.net)}
-    if not args.no_onnx:
-        from ..export import ExportError, OnnxModel, export_onnx
-        try:
-            with tempfile.TemporaryDirectory(prefix="sctrain-latency-") as tmp:
+    """The detector's real-time factor on one thread with the 100 ms hop: the default settings, then one
+    change each. The detectors take the same 100 ms chunks in turn, so they share the machine's load."""
+    from ..streaming import StreamingDetector
+
+    torch.set_num_threads(1)
+    variants = {"default (fast net, whole-window features)": {},
+                "incremental features": {"incremental": True},
+                "net as trained (no BN folding, NCHW)": {"net": model.net}}
+    with tempfile.TemporaryDirectory(prefix="sctrain-latency-") as tmp:
+        if not args.no_onnx:
+            from ..export import ExportError, OnnxModel, export_onnx
+            try:
                 ort_net = OnnxModel(export_onnx(model, Path(tmp) / "logmel.onnx", "logmel"), threads=1)
-                rows["onnxruntime net (--input logmel export)"] = stream_rtf(
-                    model, args.stream_seconds, 100.0, net=lambda x: torch.from_numpy(ort_net(x.numpy())))
-        except ExportError as e:
-            log.warning("onnxruntime streaming skipped: %s", e)
-    return rows
+                variants["onnxruntime net (--input logmel export)"] = {
+                    "net": lambda x: torch.from_numpy(ort_net(x.numpy()))}
+            except ExportError as e:
+                log.warning("onnxruntime streaming skipped: %s", e)
+        detectors = {name: StreamingDetector(model, hop_ms=100.0, **kw) for name, kw in variants.items()}
+        wave = (np.random.default_rng(0).standard_normal(int(args.stream_seconds * SAMPLE_RATE)) * 0.05)
+        wave = wave.astype(np.float32)
+        chunk = SAMPLE_RATE // 10
+        for d in detectors.values():  # warm-up: first-call allocations
+            d.process(wave[: 2 * SAMPLE_RATE], chunk)
+            d.reset()
+        for i in range(0, len(wave), chunk):
+            for d in detectors.values():
+                d.feed(wave[i: i + chunk])
+    return {name: {"hop_ms": 100.0, "audio_s": d.audio_s, "windows": d.windows,
+                   "real_time_factor": d.real_time_factor, "ms_per_window": 1e3 * d.compute_s / max(1, d.windows)}
+            for name, d in detectors.items()}
 
 
 def run(args: argparse.Namespace) -> dict:
     model = load_model(args.checkpoint)
     cores = args.threads or torch.get_num_threads()
     thread_counts = sorted({1, cores})
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() and not args.cpu_only else [])
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available() and not args.cpu_only:
+        devices.append(torch.device("cuda"))
     report: dict = {
         "checkpoint": str(args.checkpoint), "params": count_parameters(model.net), "width": model.config.model.width,
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads_default": cores,
@@ -166,6 +209,7 @@ def run(args: argparse.Namespace) -> dict:
                     "load_avg_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
                     "date": datetime.datetime.now().isoformat(timespec="seconds")},
         "iters": args.iters, "large_batch": args.large_batch, "results": {}}
+    # Batch-1 cases take all cores or one; "all cores" is torch's default pool, what eager code gets unasked.
     try:
         import onnxruntime
         report["machine"]["onnxruntime"] = onnxruntime.__version__
@@ -173,28 +217,31 @@ def run(args: argparse.Namespace) -> dict:
         pass
     with tempfile.TemporaryDirectory(prefix="sctrain-latency-") as tmp:
         backends = build_backends(model, Path(tmp), args)
+        small, large = [], []
         for device in devices:
-            per_device = report["results"].setdefault(device.type, {})
             for name, (make, kind) in backends.items():
                 if device.type == "cuda" and name == "onnxruntime" and not _ort_has_cuda():
                     continue
-                t0 = time.perf_counter()
-                row: dict = {"batch1": {}}
-                counts = thread_counts if device.type == "cpu" else [cores]
-                warm = 3 if name != "compiled" else 2
-                for threads in counts:
-                    row["batch1"][str(threads)] = measure(make, kind, device, threads, 1, args.iters, warm)
-                row["large_batch"] = measure(make, kind, device, cores, args.large_batch,
-                                             max(3, args.iters // 20), 1)
-                per_device[name] = row
-                log.info("%s/%s done in %.0f s", device.type, name, time.perf_counter() - t0)
-    model.classifier.cpu()
-    model.fast_classifier.cpu()
+                # Compiled CPU kernels keep the thread count they were compiled with: batch 1 on one thread.
+                counts = [cores] if device.type == "cuda" else [1] if name == "compiled" else thread_counts
+                small += [make_case(make, kind, device, name, t, 1) for t in counts]
+                large.append(make_case(make, kind, device, name, cores, args.large_batch))
+        log.info("timing %d batch-1 and %d batch-%d cases, interleaved", len(small), len(large), args.large_batch)
+        small = run_interleaved(small, args.iters, block=10, warmup=3)
+        large = run_interleaved(large, max(3, args.iters // 20), block=1, warmup=1)
+        for case in small + large:
+            row = report["results"].setdefault(case.device.type, {}).setdefault(case.backend, {"batch1": {}})
+            stats = {**summarize(np.asarray(case.times), case.batch), "threads": case.threads}
+            if case.batch == 1:
+                row["batch1"][str(case.threads)] = stats
+            else:
+                row["large_batch"] = stats
     torch.set_num_threads(cores)
     if args.stream_seconds > 0:
         report["streaming"] = streaming_rows(model, args)
         torch.set_num_threads(cores)
     _speedups(report)
+    report["machine"]["load_avg_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     return report
 
 
@@ -209,13 +256,14 @@ def _ort_has_cuda() -> bool:
 def _speedups(report: dict) -> None:
     """Each backend's best batch-1 p50 against eager PyTorch with its default thread pool."""
     for device, rows in report["results"].items():
-        if "eager" not in rows:
+        if not rows.get("eager", {}).get("batch1"):
             continue
         base = rows["eager"]["batch1"][max(rows["eager"]["batch1"], key=int)]["p50_ms"]
         for row in rows.values():
-            best = min(r["p50_ms"] for r in row["batch1"].values())
-            row["best_batch1_p50_ms"] = best
-            row["speedup_vs_eager"] = base / best
+            if row["batch1"]:
+                best = min(r["p50_ms"] for r in row["batch1"].values())
+                row["best_batch1_p50_ms"] = best
+                row["speedup_vs_eager"] = base / best
 
 
 def table(report: dict) -> str:
@@ -228,10 +276,11 @@ def table(report: dict) -> str:
         lines.append(" | ".join(f"{h:>13}" for h in head))
         for name, row in rows.items():
             b1 = row["batch1"]
-            fastest = min(b1.values(), key=lambda r: r["p50_ms"])
+            fastest = min(b1.values(), key=lambda r: r["p50_ms"]) if b1 else None
             cells = [name] + [f"{b1[str(t)]['p50_ms']:.2f}" if str(t) in b1 else "-" for t in counts]
-            cells += [f"{fastest['p95_ms']:.2f}", f"{fastest['p99_ms']:.2f}", f"{row.get('speedup_vs_eager', 1):.2f}x",
-                      f"{row['large_batch']['clips_per_s']:.0f}"]
+            cells += [f"{fastest['p95_ms']:.2f}" if fastest else "-", f"{fastest['p99_ms']:.2f}" if fastest else "-",
+                      f"{row['speedup_vs_eager']:.2f}x" if "speedup_vs_eager" in row else "-",
+                      f"{row['large_batch']['clips_per_s']:.0f}" if "large_batch" in row else "-"]
             lines.append(" | ".join(f"{c:>13}" for c in cells))
         lines.append("")
     for name, s in report.get("streaming", {}).items():
@@ -260,10 +309,13 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    for noisy in ("torch._dynamo", "torch._inductor", "torch.onnx", "torch.export"):
+    logging.getLogger("sctrain").setLevel(logging.INFO)
+    for noisy in ("torch._dynamo", "torch._inductor", "torch.onnx", "torch.export", "torch.utils.cpp_extension"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # The STFT stays an eager (complex-valued) kernel inside the compiled graph; inductor says so per compile.
+    warnings.filterwarnings("ignore", message="Torchinductor does not support code generation for complex")
     try:
         report = run(args)
     except (CheckpointError, AudioError) as e:

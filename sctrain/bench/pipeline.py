@@ -35,7 +35,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from sctrain.config import AugmentConfig, DataConfig, FeatureConfig, load_config
+from sctrain.config import AugmentConfig, ConfigError, DataConfig, FeatureConfig, load_config
 from sctrain.data.pack import ClipDataset, collate_batch, load_dataset
 from sctrain.data.sampler import BalancedDistributedSampler, class_balanced_weights
 from sctrain.data.speechcommands import CLIP_SAMPLES, SAMPLE_RATE, DatasetError, ensure_dataset, scan_dataset
@@ -43,6 +43,7 @@ from sctrain.features import LOG_OFFSET, NORM_EPS, frames_for
 from sctrain.frontend import FrontEnd
 
 log = logging.getLogger(__name__)
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "default.yaml"
 
 
 # ------------------------------------------------------------------------------------- project path
@@ -255,16 +256,16 @@ def _median_or_none(values) -> Optional[float]:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m sctrain.bench pipeline", description=__doc__.split("\n\n")[0])
     p.add_argument("--root", required=True, help="SpeechCommands-layout folder (real or from python -m sctrain.synth)")
-    p.add_argument("--config", default="configs/default.yaml",
+    p.add_argument("--config", default=str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None,
                    help="run config whose features/augment sections both pipelines use (default: configs/default.yaml)")
     p.add_argument("--task", default="all", choices=("all", "kws12"), help="label set (data.task)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers, the same for both pipelines")
     p.add_argument("--batch", type=int, default=128, help="clips per batch")
-    p.add_argument("--batches", type=int, default=40, help="timed batches per measurement")
+    p.add_argument("--batches", type=int, default=60, help="timed batches per measurement")
     p.add_argument("--warmup", type=int, default=4, help="batches drawn before timing starts")
     p.add_argument("--repeats", type=int, default=3, help="alternating measurements of each pipeline; the median counts")
     p.add_argument("--threads", type=int, default=0, help="torch threads of the main process (0 = torch's default)")
-    p.add_argument("--device", default="auto", help="where the project's front end runs: auto (cuda if present), cpu, cuda")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the project's front end runs: auto (cuda if present), cpu, cuda")
     p.add_argument("--json", dest="json_out", help="also write the JSON line to this file")
     args = p.parse_args(argv)
     for name in ("batch", "batches", "warmup", "repeats"):
@@ -282,10 +283,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
-    cfg = load_config(args.config, [f"data.root={args.root}", f"data.task={args.task}", "data.download=false"])
-    try:  # also packs the dataset (once) before anything is timed
+    try:
+        cfg = load_config(args.config, [f"data.root={args.root}", f"data.task={args.task}", "data.download=false"])
+        # Also packs the dataset (once) before anything is timed.
         _, meta = project_pipeline(cfg.data, cfg.features, cfg.augment, args.batch, 0, args.batch, device)
-    except DatasetError as e:
+    except (ConfigError, DatasetError) as e:
         print(f"sctrain.bench pipeline: error: {e}", file=sys.stderr)
         return 2
     shape = (args.batch, 1, cfg.features.n_mels, frames_for(cfg.features))
