@@ -44,6 +44,7 @@ from sctrain.frontend import FrontEnd
 
 log = logging.getLogger(__name__)
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "default.yaml"
+PREFETCH_SLACK = 4  # batches per worker beyond the timed ones (> DataLoader's default prefetch_factor of 2)
 
 
 # ------------------------------------------------------------------------------------- project path
@@ -196,13 +197,16 @@ def _cpu_seconds(pids: list[int]) -> Optional[float]:
 
 
 def measure(make: Callable[[int], Pipeline], batch: int, batches: int, warmup: int, shape: tuple,
-            device: torch.device) -> dict:
+            device: torch.device, workers: int) -> dict:
     """Time ``batches`` batches after ``warmup`` batches.
 
-    ``cpu_ms_per_clip`` counts the CPU time of the main process and its loader workers during the timed
-    batches only (steady state), so it is comparable between pipelines even on a busy machine.
+    The stream runs ``PREFETCH_SLACK`` batches per worker past the timed ones, so the loader's prefetch
+    queue is as full when timing stops as when it starts: the batches prefetched before the start are
+    not free throughput. ``cpu_ms_per_clip`` counts the CPU time of the main process and its loader
+    workers during the timed batches only (steady state), so it is comparable between pipelines even on
+    a busy machine.
     """
-    pipeline = make((warmup + batches) * batch)
+    pipeline = make((warmup + batches + PREFETCH_SLACK * max(1, workers)) * batch)
     it = iter(pipeline.loader)
     pids = [os.getpid()] + [w.pid for w in getattr(it, "_workers", [])]
     for _ in range(warmup):
@@ -292,6 +296,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     shape = (args.batch, 1, cfg.features.n_mels, frames_for(cfg.features))
     info = machine_info(device)
+    if info["load_avg_1m_at_start"] > 0.5 * (os.cpu_count() or 1):
+        log.warning("the machine is busy (load %.1f on %d cores): both figures, the project's batched "
+                    "threads most, will be low and unsteady", info["load_avg_1m_at_start"], os.cpu_count())
     makers = {
         "project": lambda n: project_pipeline(cfg.data, cfg.features, cfg.augment, args.batch, args.workers, n,
                                               device)[0],
@@ -300,7 +307,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     runs: dict[str, list[dict]] = {name: [] for name in makers}
     for r in range(args.repeats):
         for name, make in makers.items():
-            result = measure(make, args.batch, args.batches, args.warmup, shape, device)
+            result = measure(make, args.batch, args.batches, args.warmup, shape, device, args.workers)
             runs[name].append(result)
             log.info("repeat %d/%d %-9s %7.0f clips/s  %s CPU ms/clip", r + 1, args.repeats, name,
                      result["clips_per_s"], f"{result['cpu_ms_per_clip']:.3f}" if result["cpu_ms_per_clip"] else "?")
