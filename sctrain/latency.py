@@ -1,11 +1,24 @@
 """Inference latency of a raw-audio classifier: batch-1 percentiles and large-batch throughput."""
 from __future__ import annotations
 
+import platform
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+
+
+def cpu_name() -> str:
+    """The CPU model (for benchmark records), from /proc/cpuinfo where there is one."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _sync(device: torch.device) -> None:

@@ -33,7 +33,7 @@ import torch
 from ..checkpoint import CheckpointError
 from ..data.speechcommands import CLIP_SAMPLES, SAMPLE_RATE
 from ..infer import AudioError, LoadedModel, load_model
-from ..latency import summarize, time_calls
+from ..latency import cpu_name, summarize, time_calls
 from ..model import count_parameters
 
 log = logging.getLogger(__name__)
@@ -41,15 +41,6 @@ log = logging.getLogger(__name__)
 # make(device, threads) -> call(batch) -> logits; the batch is a tensor on the device or a numpy array.
 Maker = Callable[[torch.device, int], Callable[[object], object]]
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _on(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:

@@ -41,6 +41,7 @@ from sctrain.data.sampler import BalancedDistributedSampler, class_balanced_weig
 from sctrain.data.speechcommands import CLIP_SAMPLES, SAMPLE_RATE, DatasetError, ensure_dataset, scan_dataset
 from sctrain.features import LOG_OFFSET, NORM_EPS, frames_for
 from sctrain.frontend import FrontEnd
+from sctrain.latency import cpu_name
 
 log = logging.getLogger(__name__)
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "default.yaml"
@@ -234,22 +235,13 @@ def measure(make: Callable[[int], Pipeline], batch: int, batches: int, warmup: i
 
 def machine_info(device: torch.device) -> dict:
     info = {"host": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
-            "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
             "torchaudio": torchaudio.__version__, "torch_threads": torch.get_num_threads(),
             "device": str(device), "load_avg_1m_at_start": round(os.getloadavg()[0], 2)}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
 
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _median_or_none(values) -> Optional[float]:
