@@ -20,6 +20,7 @@ _RMS_FLOOR = 1e-6
 # Seconds of Gaussian noise that white-noise windows are cut from (drawn once per module, from the seeded
 # global RNG): plenty of distinct windows, a few hundred kB.
 WHITE_BANK_S = 8
+INT16_SCALE = 32768.0  # int16 full scale: samples / INT16_SCALE lie in [-1, 1)
 
 
 def _uniform(low: float, high: float, batch: int, device: torch.device) -> Tensor:
@@ -30,40 +31,54 @@ def time_shift(wave: Tensor, shift: Tensor, max_shift: Optional[int] = None) -> 
     """Delay each row of ``wave [B, T]`` by ``shift [B]`` samples (negative = advance), zero-filled.
 
     Not ``torch.roll``: roll is circular and would wrap the end of the word onto its start, and it takes
-    one shift for the whole batch. Each row is a window of the zero-padded batch, picked from an
-    ``unfold`` view: two copies of the audio, about 4x faster on a CPU than a gather over an int64 index
-    grid. ``max_shift`` (a bound on ``|shift|``, in samples) only sizes the padding.
+    one shift for the whole batch. ``max_shift`` (a bound on ``|shift|``, in samples) only sizes the padding.
     """
     length = wave.shape[-1]
     pad = length if max_shift is None else min(int(max_shift), length)
-    padded = nn.functional.pad(wave, (pad, pad))
+    return shifted_windows(nn.functional.pad(wave, (pad, pad)), shift, pad, length)
+
+
+def shifted_windows(padded: Tensor, shift: Tensor, pad: int, length: int) -> Tensor:
+    """Rows of ``padded [B, pad + length + pad]`` (clips with ``pad`` zeros each side) delayed by ``shift``.
+
+    Each row is a window picked from an ``unfold`` view: one copy of the audio, about 4x faster on a CPU
+    than a gather over an int64 index grid.
+    """
     start = pad - shift.clamp(-pad, pad)  # a shift of a whole clip or more leaves only padding anyway
-    return padded.unfold(1, length, 1)[torch.arange(wave.shape[0], device=wave.device), start]
+    return padded.unfold(1, length, 1)[torch.arange(padded.shape[0], device=padded.device), start]
 
 
-def add_noise(wave: Tensor, noise: Tensor, snr_db: Tensor, rows: Optional[Tensor] = None) -> Tensor:
+def rms(wave: Tensor) -> Tensor:
+    """Root mean square of each row of ``[B, T]``, floored at ``_RMS_FLOOR`` (``vector_norm``: one pass,
+    no squared copy)."""
+    return (torch.linalg.vector_norm(wave, dim=-1) / math.sqrt(wave.shape[-1])).clamp_min(_RMS_FLOOR)
+
+
+def add_noise(wave: Tensor, noise: Tensor, snr_db: Tensor, rows: Optional[Tensor] = None,
+              noise_rms: Optional[Tensor] = None) -> Tensor:
     """``wave + noise`` with each noise row scaled so the clip-to-noise RMS ratio is ``snr_db [B]`` dB.
 
-    ``rows`` (bool ``[B]``) limits the noise to those rows; the others come back unchanged.
+    ``rows`` (bool ``[B]``) limits the noise to those rows; the others come back unchanged. ``noise_rms``,
+    when the caller knows it, saves a pass over the noise.
     """
-    rms_wave = wave.square().mean(dim=-1).sqrt().clamp_min(_RMS_FLOOR)
-    rms_noise = noise.square().mean(dim=-1).sqrt().clamp_min(_RMS_FLOOR)
-    scale = rms_wave / (rms_noise * torch.pow(10.0, snr_db / 20.0))
+    if noise_rms is None:
+        noise_rms = rms(noise)
+    scale = rms(wave) / (noise_rms.clamp_min(_RMS_FLOOR) * torch.pow(10.0, snr_db / 20.0))
     if rows is not None:
         scale = scale * rows  # a zero scale, not torch.where: one pass over the audio instead of two
     return torch.addcmul(wave, noise, scale[:, None])
 
 
 class WaveAugment(nn.Module):
-    """Training-time waveform augmentation of ``[B, T]`` float clips in [-1, 1]; identity in eval mode.
+    """Training-time waveform augmentation of ``[B, T]`` clips; identity in eval mode.
 
-    Per clip: a gain of +-``gain_db``; with ``shift_p`` a zero-filled shift of up to +-``shift_max_ms``;
-    with ``noise_p`` noise at an SNR uniform in [``snr_db_min``, ``snr_db_max``], from a random window of
-    a ``background`` recording with ``background_p`` (wrapping around the recording), else white noise:
-    a random window of a bank of Gaussian noise drawn once (``WHITE_BANK_S`` seconds), which costs a copy
-    instead of drawing ``B x T`` normal samples per batch, a sixth of the front end's time on a CPU.
-    The output is not clipped back to [-1, 1]: the features are computed in float, nothing here is
-    stored as int16 again.
+    Input: float clips in [-1, 1], or int16 clips, converted in the same pass as the gain. Per clip: a gain
+    of +-``gain_db``; with ``shift_p`` a zero-filled shift of up to +-``shift_max_ms``; with ``noise_p``
+    noise at an SNR uniform in [``snr_db_min``, ``snr_db_max``], from a random window of a ``background``
+    recording with ``background_p`` (wrapping around the recording), else white noise: a random window of
+    a bank of Gaussian noise drawn once (``WHITE_BANK_S`` seconds), which costs a copy instead of drawing
+    ``B x T`` normal samples per batch, a sixth of the front end's time on a CPU. The output is float32,
+    not clipped back to [-1, 1]: the features are computed in float, nothing here is stored as int16 again.
     """
 
     def __init__(self, cfg: AugmentConfig, background: Tensor, sample_rate: int = 16000) -> None:
@@ -74,31 +89,43 @@ class WaveAugment(nn.Module):
             raise ValueError(f"background must be [recordings, samples], got shape {tuple(background.shape)}")
         # Non-persistent: .to(device) moves it, but checkpoints stay free of a few MB of noise recordings.
         self.register_buffer("background", background.float().contiguous(), persistent=False)
-        self.register_buffer("white", torch.randn(WHITE_BANK_S, sample_rate), persistent=False)
-        self._bank_cache: Optional[Tensor] = None  # see _bank; rebuilt after .to(device)
+        # One row: white windows wrap around WHITE_BANK_S seconds, and the bank (see _bank) gains one row.
+        self.register_buffer("white", torch.randn(1, WHITE_BANK_S * sample_rate), persistent=False)
+        self._bank_cache: Optional[tuple[Tensor, Tensor]] = None  # see _bank; rebuilt after .to(device)
 
     def forward(self, wave: Tensor) -> Tensor:
         if not self.training:
             return wave
-        cfg, batch, device = self.cfg, wave.shape[0], wave.device
+        cfg, (batch, length), device = self.cfg, wave.shape, wave.device
+        unit = 1.0 / INT16_SCALE if wave.dtype == torch.int16 else 1.0
+        gain = torch.full((batch,), unit, device=device)
         if cfg.gain_db > 0:
-            gain_db = _uniform(-cfg.gain_db, cfg.gain_db, batch, device)
-            wave = wave * torch.pow(10.0, gain_db / 20.0)[:, None]
+            gain = gain * torch.pow(10.0, _uniform(-cfg.gain_db, cfg.gain_db, batch, device) / 20.0)
         if cfg.shift_p > 0 and cfg.shift_max_ms > 0:
             max_shift = cfg.shift_max_ms * self.sample_rate / 1000.0
             shift = torch.round(_uniform(-max_shift, max_shift, batch, device)).long()
             shift = shift * (torch.rand(batch, device=device) < cfg.shift_p)
-            wave = time_shift(wave, shift, math.ceil(max_shift))
+            # Gain (and int16 -> float) written straight into the zero-padded buffer the shifted windows
+            # are cut from: the audio is copied twice, not four times.
+            pad = min(math.ceil(max_shift), length)
+            padded = torch.empty(batch, length + 2 * pad, device=device)
+            padded[:, :pad] = 0.0
+            padded[:, pad + length:] = 0.0
+            # copy_ then mul_: a mixed-dtype multiply into a strided output is 5x slower on a CPU.
+            padded[:, pad:pad + length].copy_(wave).mul_(gain[:, None])
+            wave = shifted_windows(padded, shift, pad, length)
+        else:
+            wave = wave * gain[:, None]
         if cfg.noise_p > 0:
             snr_db = _uniform(cfg.snr_db_min, cfg.snr_db_max, batch, device)
-            noise = self._noise(batch, wave.shape[-1], device).to(wave.dtype)
-            wave = add_noise(wave, noise, snr_db, rows=torch.rand(batch, device=device) < cfg.noise_p)
+            noise, noise_rms = self._noise(batch, length, device)
+            wave = add_noise(wave, noise, snr_db, rows=torch.rand(batch, device=device) < cfg.noise_p,
+                             noise_rms=noise_rms)
         return wave
 
-    def _noise(self, batch: int, length: int, device: torch.device) -> Tensor:
-        """``[B, length]`` noise rows: background windows with probability ``background_p``, else white.
-
-        One indexed copy from :meth:`_bank` for the whole batch, whichever source each row uses.
+    def _noise(self, batch: int, length: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """``[B, length]`` noise rows and their RMS: background windows with probability ``background_p``,
+        else white. One indexed copy from :meth:`_bank` for the whole batch, whichever source each row uses.
         """
         recordings, rec_len = self.background.shape
         white_rows, white_len = self.white.shape
@@ -109,20 +136,25 @@ class WaveAugment(nn.Module):
                           recordings + torch.randint(0, white_rows, (batch,), device=device))
         period = torch.where(use_background, rec_len, white_len)
         offset = (torch.rand(batch, device=device) * period).long().clamp_max(period - 1)
-        return self._bank(length).unfold(1, length, 1)[row, offset]
+        bank, energy = self._bank(length)
+        window_energy = (energy[row, offset + length] - energy[row, offset]).clamp_min(0.0)
+        return bank.unfold(1, length, 1)[row, offset], (window_energy / length).sqrt().float()
 
-    def _bank(self, length: int) -> Tensor:
+    def _bank(self, length: int) -> tuple[Tensor, Tensor]:
         """Background rows then white rows, each repeated to ``max period + length - 1`` samples, so a
         window of ``length`` from any offset inside its row's own period is contiguous: windows wrap
-        around their recording, and clips longer than a recording still get noise throughout. Cached
-        per length and device (about twice the recordings' memory).
+        around their recording, and clips longer than a recording still get noise throughout. With it,
+        the running sum of squares of each row (float64, a leading 0: float32 would lose the window's share
+        of a minute-long sum), so the energy of any window is a difference of two entries instead of a pass
+        over the noise. Cached per length and device (about three times the recordings' memory).
         """
         sources = [src for src in (self.background, self.white) if src.shape[0] > 0]
         width = max(src.shape[1] for src in sources) + length - 1
         cached = self._bank_cache
-        if cached is None or cached.shape[1] != width or cached.device != self.white.device:
-            cached = torch.cat([src.repeat(1, math.ceil(width / src.shape[1]))[:, :width] for src in sources])
-            self._bank_cache = cached
+        if cached is None or cached[0].shape[1] != width or cached[0].device != self.white.device:
+            bank = torch.cat([src.repeat(1, math.ceil(width / src.shape[1]))[:, :width] for src in sources])
+            energy = nn.functional.pad(bank.double().square().cumsum(dim=1), (1, 0))
+            cached = self._bank_cache = (bank, energy)
         return cached
 
 

@@ -8,11 +8,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from sctrain.augment import WaveAugment
+from sctrain.augment import INT16_SCALE, WaveAugment
 from sctrain.config import AugmentConfig, FeatureConfig
 from sctrain.features import LogMel, SpecMask
-
-INT16_SCALE = 32768.0
 
 
 class FrontEnd(nn.Module):
@@ -30,9 +28,12 @@ class FrontEnd(nn.Module):
         self.spec_mask = SpecMask(augment.mask_p, augment.freq_mask, augment.time_mask, augment.num_masks)
 
     def forward(self, audio: Tensor) -> Tensor:
-        if audio.dtype == torch.int16:
-            audio = audio.float() / INT16_SCALE
-        else:
-            audio = audio.float()
-        # Each part checks self.training itself; calling all three keeps one code path for train and eval.
-        return self.spec_mask(self.logmel(self.wave_augment(audio)))
+        # Training: WaveAugment converts int16 in the same pass as its gain. Eval: a plain conversion.
+        # Each part checks self.training itself, so frontend.eval() gives exactly the classifier's features.
+        wave = self.wave_augment(audio) if self.wave_augment.training else to_float_audio(audio)
+        return self.spec_mask(self.logmel(wave))
+
+
+def to_float_audio(audio: Tensor) -> Tensor:
+    """int16 samples -> float32 in [-1, 1); float audio -> float32 as it is."""
+    return audio.float() / INT16_SCALE if audio.dtype == torch.int16 else audio.float()

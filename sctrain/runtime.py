@@ -13,6 +13,7 @@ Distributed policy, in one place:
 """
 from __future__ import annotations
 
+import ctypes
 import datetime
 import hashlib
 import json
@@ -37,6 +38,8 @@ COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=30)
 # Ranks wait this long for the node's main process to download and pack the dataset.
 PREPARE_TIMEOUT = datetime.timedelta(hours=4)
 DUMP_WEIGHTS_ENV = "SCTRAIN_DUMP_WEIGHTS_DIR"
+# mallopt(3) parameters, from glibc's malloc.h.
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
 
 _control_group: Optional[dist.ProcessGroup] = None
 
@@ -74,6 +77,23 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed tensor memory for reuse instead of returning it to the kernel.
+
+    By default glibc serves blocks above 128 KiB (a threshold that adapts up to 32 MiB) with ``mmap`` and
+    unmaps them on free, so the multi-MB temporaries of every batch are fresh pages: page faults, zeroing
+    and TLB shootdowns cost the CPU front end about a third of its time (measured: 57 -> 38 ms per batch
+    of 128). With these settings blocks up to 32 MiB come from the heap, which is not trimmed below 1 GiB
+    of free space. Linux with glibc only; elsewhere, or if the call fails, nothing changes (returns False).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
+                    and libc.mallopt(M_TOP_PAD, 64 << 20))
+    except (OSError, AttributeError):
+        return False
+
+
 def make_accelerator(cfg: Config) -> Accelerator:
     precision = resolve_precision(cfg.train.precision)
     ddp = DistributedDataParallelKwargs(broadcast_buffers=True)
@@ -87,6 +107,7 @@ def make_accelerator(cfg: Config) -> Accelerator:
         # Cores are shared between the processes on this node; oversubscription makes every rank slow.
         local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes)))
         torch.set_num_threads(max(1, cpu_cores() // local))
+        keep_freed_memory()  # the front end runs here, on the host: see the function
     if accelerator.num_processes > 1:
         global _control_group
         # Every rank creates it here, at the same point, as new_group requires.

@@ -8,10 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
-from contextlib import nullcontext
-from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -24,12 +21,13 @@ from . import checkpoint
 from .augment import mixup
 from .checkpointer import Checkpointer, Progress
 from .config import Config, dump_config
-from .data.pack import ClipDataset, PackedDataset, collate_batch, load_dataset
+from .data.pack import PackedDataset, clip_loader, load_dataset
 from .data.sampler import BalancedDistributedSampler
 from .evaluate import EvalResult, eval_loader, evaluate
 from .frontend import FrontEnd
+from .infer import load_model
 from .latency import latency_report
-from .model import AudioClassifier, build_model, count_parameters
+from .model import build_model, count_parameters
 from .runtime import (dump_weight_digest, global_sum, make_accelerator, once_per_node, shutdown,
                       sync_buffers)
 from .stopping import EXIT_PREEMPTED, GracefulStop
@@ -160,11 +158,10 @@ class Run:
     def train_loader(self) -> torch.utils.data.DataLoader:
         # A private generator keeps the loader from drawing on the global RNG (which augmentation uses and
         # checkpoints restore): resumed and uninterrupted runs then see identical random streams.
-        return torch.utils.data.DataLoader(
-            ClipDataset(self.data.split("train")), batch_size=self.cfg.train.batch_size, sampler=self.sampler,
-            num_workers=self.cfg.data.num_workers, collate_fn=collate_batch, drop_last=self.drop_last,
-            pin_memory=self.cfg.data.pin_memory and self.device.type == "cuda", generator=torch.Generator(),
-            persistent_workers=False)
+        return clip_loader(self.data.split("train"), self.cfg.train.batch_size, self.sampler,
+                           self.cfg.data.num_workers, drop_last=self.drop_last,
+                           pin_memory=self.cfg.data.pin_memory and self.device.type == "cuda",
+                           generator=torch.Generator())
 
     def train_step(self, audio: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
@@ -280,20 +277,20 @@ class Run:
         """Best checkpoint -> test evaluation (all ranks), single-clip prediction and latency (rank 0)."""
         cfg = self.cfg
         best_path = self.out / "best_sc.pt"
-        best = checkpoint.load_best(best_path)
-        model = build_model(cfg.model, len(self.labels)).to(self.device)
-        model.load_state_dict(best["model"])
+        best = load_model(best_path)  # the loader inference uses: what is evaluated is what users get
+        model = best.net.to(self.device)
         test = self.evaluate("test", model)
         val = self.evaluate("validation", model)
-        self.tracker.log_eval(self.progress.global_step, best["metrics"]["epoch"], "test", test)
+        self.tracker.log_eval(self.progress.global_step, best.metrics["epoch"], "test", test)
         results = {"val_acc": val.accuracy, "test_acc": test.accuracy, "test_loss": test.loss,
-                   "test_count": test.count, "best_epoch": best["metrics"]["epoch"],
+                   "test_count": test.count, "best_epoch": best.metrics["epoch"],
                    "params": count_parameters(model), "labels": self.labels,
                    "per_class_test_acc": test.per_class_accuracy, "world_size": self.world,
                    "precision": self.accelerator.mixed_precision, "device": str(self.device),
                    "steps": self.progress.global_step, **train_info}
         if self.is_main:
-            classifier = AudioClassifier(self.frontend_for_inference(), model.cpu())
+            model.cpu()
+            classifier = best.classifier
             results["example_prediction"] = self.predict_one(classifier)
             if cfg.bench.latency:
                 lat = latency_report(classifier, cfg.bench.large_batch, cfg.bench.iters)
@@ -305,10 +302,6 @@ class Run:
         self.tracker.finish()
         self.accelerator.wait_for_everyone()
         return results
-
-    def frontend_for_inference(self):
-        from .features import LogMel
-        return LogMel(self.cfg.features)
 
     def predict_one(self, classifier: torch.nn.Module) -> dict:
         split = self.data.split("test")

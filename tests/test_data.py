@@ -20,7 +20,8 @@ import torch
 from sctrain.config import DataConfig
 from sctrain.data import pack as pack_module
 from sctrain.data import synthetic as synthetic_module
-from sctrain.data.pack import ClipDataset, collate_batch, load_dataset, pack_dataset
+from sctrain.data.pack import RING_PREFETCH, ClipDataset, clip_loader, collate_batch, load_dataset, pack_dataset
+from sctrain.data.ring import SLACK_SLOTS
 from sctrain.data.speechcommands import (KWS12_LABELS, DatasetError, ensure_dataset, is_layout,
                                          scan_dataset)
 from sctrain.data.synthetic import WORDS, write_synthetic_dataset
@@ -325,6 +326,37 @@ def test_clip_dataset_reads_batches_in_order(synthetic_root, tmp_path):
     batches = list(torch.utils.data.DataLoader(dataset, batch_size=32, collate_fn=collate_batch))
     assert [b[0].shape[0] for b in batches] == [32, 32, 32]
     assert torch.equal(torch.cat([b[1] for b in batches]), torch.from_numpy(split.labels))
+
+
+def test_worker_batches_arrive_through_the_ring_intact(synthetic_root, tmp_path):
+    # Real worker processes: every batch equals the memmap rows the sampler chose, arrives as a view of the
+    # trainer's own mapping of the ring (nothing mapped per batch), and the previous batch is still intact
+    # while the current one is used, as the ring promises.
+    split = pack_dataset(scan_dataset(synthetic_root, "all"), cache_dir=tmp_path, progress=False).split("train")
+    order = np.random.default_rng(0).permutation(len(split)).tolist() * 3  # 3 epochs, 6 ring slots in all
+    batch = 20
+    loader = clip_loader(split, batch, order, workers=2)
+    ring = loader.dataset.ring
+    assert ring.registered and ring.slots.shape == (2 * (RING_PREFETCH + SLACK_SLOTS), batch, 16000)
+    previous, count = None, 0
+    for k, (audio, labels) in enumerate(loader):
+        rows = order[k * batch:(k + 1) * batch]
+        assert torch.equal(audio, torch.from_numpy(split.audio[rows]))
+        assert torch.equal(labels, torch.from_numpy(split.labels[rows]))
+        assert ring.holds(audio)
+        if previous is not None:
+            assert torch.equal(previous, torch.from_numpy(split.audio[order[(k - 1) * batch:k * batch]]))
+        previous, count = audio, count + 1
+    assert count == -(-len(order) // batch)  # the last, partial batch included
+    with pytest.raises(ValueError, match="does not fit"):
+        ring.claim(batch + 1, 0)
+
+
+def test_loader_without_workers_has_no_ring(synthetic_root, tmp_path):
+    split = pack_dataset(scan_dataset(synthetic_root, "all"), cache_dir=tmp_path, progress=False).split("train")
+    loader = clip_loader(split, 16, list(range(len(split))), workers=0, drop_last=True)
+    assert loader.dataset.ring is None
+    assert torch.equal(torch.cat([a for a, _ in loader]), torch.from_numpy(np.array(split.audio[:len(split) // 16 * 16])))
 
 
 def test_load_dataset_follows_the_config(synth_copy):

@@ -8,7 +8,9 @@ import torch
 
 from sctrain.augment import WaveAugment, add_noise, mixup, one_hot_targets, time_shift
 from sctrain.config import AugmentConfig, FeatureConfig
-from sctrain.features import LogMel, SpecMask, frames_for
+from sctrain.features import LOG_OFFSET, LogMel, SpecMask, frames_for, mel_blocks
+from torchaudio.functional import melscale_fbanks
+from torchaudio.transforms import MelSpectrogram
 from sctrain.frontend import FrontEnd
 
 SR = 16000
@@ -62,6 +64,35 @@ def test_logmel_single_clip():
     single = lm(wave[1])
     assert single.shape == (1, 1, 64, 101)
     assert torch.allclose(single[0], lm(wave)[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("n_fft,win_length,n_mels", [(512, 480, 64), (400, 400, 40), (256, 256, 32)])
+def test_logmel_matches_torchaudio(n_fft, win_length, n_mels):
+    # The fast path (frames-major spectrum, fused power, block mel projection) computes torchaudio's numbers.
+    cfg = FeatureConfig(n_fft=n_fft, win_length=win_length, hop_length=160, n_mels=n_mels)
+    lm = LogMel(cfg)
+    wave = tone(3)
+    reference = torch.log(MelSpectrogram(sample_rate=SR, n_fft=n_fft, win_length=win_length, hop_length=160,
+                                         f_min=cfg.f_min, f_max=cfg.f_max, n_mels=n_mels)(wave) + LOG_OFFSET)
+    assert torch.allclose(lm.power(wave).transpose(1, 2), lm.mel.spectrogram(wave), rtol=1e-4, atol=1e-6)
+    mean = reference.mean(dim=(-2, -1), keepdim=True)
+    std = reference.std(dim=(-2, -1), unbiased=False, keepdim=True)
+    assert torch.allclose(lm(wave)[:, 0], (reference - mean) / std, atol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:At least one mel filterbank has all zero values")
+@pytest.mark.parametrize("n_fft,n_mels", [(512, 64), (512, 13), (256, 128)])
+def test_mel_blocks_cover_the_filterbank(n_fft, n_mels):
+    # Every non-zero entry lies in exactly one block, so the block products add up to the dense product;
+    # 128 bands on 129 bins leaves some filters empty, which must still give zeros.
+    fb = melscale_fbanks(n_fft // 2 + 1, 20.0, 8000.0, n_mels, SR)
+    covered = torch.zeros_like(fb, dtype=torch.bool)
+    for lo, hi, m_lo, m_hi in mel_blocks(fb):
+        covered[lo:hi, m_lo:m_hi] = True
+    assert not (fb != 0)[~covered].any()
+    power = torch.rand(2, 7, fb.shape[0])
+    blocks = torch.cat([power[..., lo:hi] @ fb[lo:hi, a:b] for lo, hi, a, b in mel_blocks(fb)], dim=-1)
+    assert torch.allclose(blocks, power @ fb, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16])
@@ -250,6 +281,26 @@ def test_wave_augment_gain_bounds():
     db = 20 * torch.log10(per_clip)
     assert db.min() >= -gain_db - 1e-4 and db.max() <= gain_db + 1e-4
     assert db.min() < -gain_db + 0.5 and db.max() > gain_db - 0.5
+
+
+def test_wave_augment_int16_input_equals_scaled_float():
+    # int16 clips are converted in the gain's pass: the same draws give the float path's result.
+    cfg = augment_cfg(noise_p=0.7, shift_p=0.8, gain_db=6.0, background_p=0.5)
+    aug = WaveAugment(cfg, torch.randn(2, 3 * SR)).train()
+    audio = (tone(6) * 20000).to(torch.int16)
+    torch.manual_seed(3)
+    from_int = aug(audio)
+    torch.manual_seed(3)
+    from_float = aug(audio.float() / 32768)
+    assert from_int.dtype == torch.float32 and torch.allclose(from_int, from_float, atol=1e-6)
+
+
+def test_noise_rms_from_the_energy_table_is_exact():
+    # The running sum of squares gives each window's RMS without a pass over it, wrapped windows included.
+    torch.manual_seed(0)
+    aug = WaveAugment(augment_cfg(noise_p=1.0, background_p=0.5), torch.randn(3, SR // 2) * 0.3).train()
+    noise, noise_rms = aug._noise(64, SR, torch.device("cpu"))
+    assert torch.allclose(noise_rms, noise.square().mean(dim=1).sqrt(), rtol=1e-4)
 
 
 def test_add_noise_guards_silence():

@@ -2,9 +2,11 @@
 
 ``python -m sctrain.bench pipeline --root DIR [--workers 2 --batch 128 --batches 60 --json OUT]``
 
-(a) project: packed int16 memmap -> ``ClipDataset.__getitems__`` (one slice per batch) ->
-    ``BalancedDistributedSampler`` -> DataLoader -> batched ``FrontEnd`` in train mode on the device
-    (gain, shift, noise, log-mel, masking): model-ready ``[B, 1, n_mels, frames]`` features.
+(a) project: packed int16 memmap -> ``ClipDataset.__getitems__`` (one gather per batch, written by the
+    workers into a shared-memory ``BatchRing``) -> ``BalancedDistributedSampler`` -> DataLoader ->
+    batched ``FrontEnd`` in train mode on the device (gain, shift, noise, log-mel, masking): model-ready
+    ``[B, 1, n_mels, frames]`` features. On a CPU the process first calls ``keep_freed_memory()``, as the
+    trainer does (forked reference workers inherit it too; measured effect on the reference: within 3 %).
 (b) reference, in the seed's style: every DataLoader item reads its WAV with soundfile, pads or trims it,
     shifts it, adds noise, computes its own torchaudio log-mel and masks it, in a worker; default collate;
     ``WeightedRandomSampler``. Same features and augmentation settings, same worker count, same batch size.
@@ -36,12 +38,13 @@ import torch
 import torchaudio
 
 from sctrain.config import AugmentConfig, ConfigError, DataConfig, FeatureConfig, load_config
-from sctrain.data.pack import ClipDataset, collate_batch, load_dataset
+from sctrain.data.pack import clip_loader, load_dataset
 from sctrain.data.sampler import BalancedDistributedSampler, class_balanced_weights
 from sctrain.data.speechcommands import CLIP_SAMPLES, SAMPLE_RATE, DatasetError, ensure_dataset, scan_dataset
 from sctrain.features import LOG_OFFSET, NORM_EPS, frames_for
 from sctrain.frontend import FrontEnd
 from sctrain.latency import cpu_name
+from sctrain.runtime import keep_freed_memory
 
 log = logging.getLogger(__name__)
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "default.yaml"
@@ -85,10 +88,8 @@ def project_pipeline(cfg_data: DataConfig, features: FeatureConfig, augment: Aug
     data = load_dataset(cfg_data, progress=False)
     split = data.split("train")
     sampler = BalancedDistributedSampler(split.labels, len(data.labels), seed=0, balanced=True)
-    loader = torch.utils.data.DataLoader(
-        ClipDataset(split), batch_size=batch, sampler=EpochChain(sampler, clips), num_workers=workers,
-        collate_fn=collate_batch, drop_last=True, pin_memory=device.type == "cuda",
-        persistent_workers=False, generator=torch.Generator())
+    loader = clip_loader(split, batch, EpochChain(sampler, clips), workers, drop_last=True,
+                         pin_memory=device.type == "cuda", generator=torch.Generator())
     frontend = FrontEnd(features, augment, torch.from_numpy(np.asarray(data.background))).to(device).train()
 
     def features_of(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -279,6 +280,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
+    if device.type == "cpu":
+        keep_freed_memory()  # as the trainer does when it runs on the CPU (forked loader workers inherit it)
     try:
         cfg = load_config(args.config, [f"data.root={args.root}", f"data.task={args.task}", "data.download=false"])
         # Also packs the dataset (once) before anything is timed.

@@ -25,6 +25,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from .ring import BatchRing
 from .speechcommands import (CLIP_SAMPLES, LIST_FILES, SAMPLE_RATE, SPLITS, DatasetError,
                              DatasetIndex, decode_error, decode_into, ensure_dataset, scan_dataset)
 
@@ -103,11 +104,20 @@ class PackedDataset:
         return f"PackedDataset({self.cache_dir}, {len(self.labels)} labels, {sizes})"
 
 
-class ClipDataset(torch.utils.data.Dataset):
-    """Clips of a ``PackedSplit`` as int16 tensors; ``__getitems__`` reads a whole batch at once."""
+# Batches each loader worker prepares ahead (DataLoader's default), passed explicitly: BatchRing is sized by it.
+RING_PREFETCH = 2
 
-    def __init__(self, split: PackedSplit):
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Clips of a ``PackedSplit`` as int16 tensors; ``__getitems__`` reads a whole batch at once.
+
+    ``ring``: in DataLoader workers, batches are written into its shared-memory slots (see
+    :mod:`sctrain.data.ring`) instead of new shared memory per batch.
+    """
+
+    def __init__(self, split: PackedSplit, ring: Optional[BatchRing] = None):
         self.split = split
+        self.ring = ring
 
     def __len__(self) -> int:
         return len(self.split)
@@ -117,17 +127,33 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         idx = np.asarray(indices, dtype=np.int64)
-        order = np.argsort(idx, kind="stable")
-        audio = np.empty((len(idx), CLIP_SAMPLES), dtype=np.int16)
-        # Ascending rows read the memmap front to back (fewer seeks); the copy frees workers from the map.
-        audio[order] = self.split.audio[idx[order]]
-        labels = np.ascontiguousarray(self.split.labels[idx])
-        return torch.from_numpy(audio), torch.from_numpy(labels)
+        worker = torch.utils.data.get_worker_info()
+        if worker is not None and self.ring is not None:
+            audio = self.ring.claim(len(idx), worker.id)
+        else:
+            audio = torch.empty((len(idx), CLIP_SAMPLES), dtype=torch.int16)
+        # One copy, memmap rows straight into the batch (fancy indexing would copy twice).
+        np.take(self.split.audio, idx, axis=0, out=audio.numpy())
+        return audio, torch.from_numpy(np.ascontiguousarray(self.split.labels[idx]))
 
 
 def collate_batch(batch):
     """DataLoader ``collate_fn`` for ``ClipDataset``: ``__getitems__`` already returns the batch."""
     return batch
+
+
+def clip_loader(split: PackedSplit, batch_size: int, sampler, workers: int, drop_last: bool = False,
+                pin_memory: bool = False, generator: Optional[torch.Generator] = None) -> torch.utils.data.DataLoader:
+    """DataLoader of ``(int16 [B, CLIP_SAMPLES], int64 [B])`` batches of ``split`` in ``sampler``'s order.
+
+    With workers, batches come through a :class:`BatchRing` (no new shared memory per batch): a batch is
+    valid until two more have been drawn, which a training loop that consumes each batch satisfies.
+    """
+    ring = BatchRing(batch_size, (CLIP_SAMPLES,), torch.int16, workers, RING_PREFETCH) if workers > 0 else None
+    return torch.utils.data.DataLoader(
+        ClipDataset(split, ring), batch_size=batch_size, sampler=sampler, num_workers=workers,
+        collate_fn=collate_batch, drop_last=drop_last, pin_memory=pin_memory, generator=generator,
+        persistent_workers=False, prefetch_factor=RING_PREFETCH if workers > 0 else None)
 
 
 # --------------------------------------------------------------------------------------- packing side
