@@ -21,7 +21,7 @@ from sctrain.config import DataConfig
 from sctrain.data import pack as pack_module
 from sctrain.data import synthetic as synthetic_module
 from sctrain.data.pack import RING_PREFETCH, ClipDataset, clip_loader, collate_batch, load_dataset, pack_dataset
-from sctrain.data.ring import SLACK_SLOTS
+from sctrain.data.ring import SLACK_SLOTS, BatchRing, RingBatch
 from sctrain.data.speechcommands import (KWS12_LABELS, DatasetError, ensure_dataset, is_layout,
                                          scan_dataset)
 from sctrain.data.synthetic import WORDS, write_synthetic_dataset
@@ -330,14 +330,14 @@ def test_clip_dataset_reads_batches_in_order(synthetic_root, tmp_path):
 
 def test_worker_batches_arrive_through_the_ring_intact(synthetic_root, tmp_path):
     # Real worker processes: every batch equals the memmap rows the sampler chose, arrives as a view of the
-    # trainer's own mapping of the ring (nothing mapped per batch), and the previous batch is still intact
-    # while the current one is used, as the ring promises.
+    # trainer's own mapping of the ring (only the slot number travels), and the previous batch is still
+    # intact while the current one is used, as the ring promises.
     split = pack_dataset(scan_dataset(synthetic_root, "all"), cache_dir=tmp_path, progress=False).split("train")
     order = np.random.default_rng(0).permutation(len(split)).tolist() * 3  # 3 epochs, 6 ring slots in all
     batch = 20
     loader = clip_loader(split, batch, order, workers=2)
     ring = loader.dataset.ring
-    assert ring.registered and ring.slots.shape == (2 * (RING_PREFETCH + SLACK_SLOTS), batch, 16000)
+    assert ring.slots.shape == (2 * (RING_PREFETCH + SLACK_SLOTS), batch, 16000)
     previous, count = None, 0
     for k, (audio, labels) in enumerate(loader):
         rows = order[k * batch:(k + 1) * batch]
@@ -350,6 +350,26 @@ def test_worker_batches_arrive_through_the_ring_intact(synthetic_root, tmp_path)
     assert count == -(-len(order) // batch)  # the last, partial batch included
     with pytest.raises(ValueError, match="does not fit"):
         ring.claim(batch + 1, 0)
+
+
+def test_ring_batches_travel_as_slot_numbers_also_to_spawned_workers(synthetic_root, tmp_path):
+    # A spawned worker (macOS's and Windows' default) gets the ring by pickling; what comes back is a few
+    # hundred bytes, not 16000 samples a row, and is rebuilt on this process's ring.
+    split = pack_dataset(scan_dataset(synthetic_root, "all"), cache_dir=tmp_path, progress=False).split("train")
+    ring = BatchRing(8, (16000,), torch.int16, workers=1, prefetch_factor=RING_PREFETCH)
+    dataset = ClipDataset(split, ring)
+    order = list(range(len(split)))[::-1][:24]
+    loader = torch.utils.data.DataLoader(dataset, batch_size=8, sampler=order, num_workers=1,
+                                         collate_fn=collate_batch, multiprocessing_context="spawn",
+                                         prefetch_factor=RING_PREFETCH)
+    for k, (audio, labels) in enumerate(loader):
+        assert ring.holds(audio) and torch.equal(audio, torch.from_numpy(split.audio[order[8 * k:8 * k + 8]]))
+        assert torch.equal(labels, torch.from_numpy(split.labels[order[8 * k:8 * k + 8]]))
+    assert k == 2
+    batch = RingBatch(ring, 0, 8, np.arange(8))
+    assert len(pickle.dumps(batch)) < 1000
+    audio, labels = pickle.loads(pickle.dumps(batch))
+    assert ring.holds(audio) and torch.equal(labels, torch.arange(8))
 
 
 def test_loader_without_workers_has_no_ring(synthetic_root, tmp_path):

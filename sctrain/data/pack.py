@@ -25,7 +25,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from .ring import BatchRing
+from .ring import BatchRing, RingBatch
 from .speechcommands import (CLIP_SAMPLES, LIST_FILES, SAMPLE_RATE, SPLITS, DatasetError,
                              DatasetIndex, decode_error, decode_into, ensure_dataset, scan_dataset)
 
@@ -127,14 +127,15 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         idx = np.asarray(indices, dtype=np.int64)
+        labels = np.ascontiguousarray(self.split.labels[idx])
         worker = torch.utils.data.get_worker_info()
         if worker is not None and self.ring is not None:
-            audio = self.ring.claim(len(idx), worker.id)
-        else:
-            audio = torch.empty((len(idx), CLIP_SAMPLES), dtype=torch.int16)
-        # One copy, memmap rows straight into the batch (fancy indexing would copy twice).
-        np.take(self.split.audio, idx, axis=0, out=audio.numpy())
-        return audio, torch.from_numpy(np.ascontiguousarray(self.split.labels[idx]))
+            slot, audio = self.ring.claim(len(idx), worker.id)
+            np.take(self.split.audio, idx, axis=0, out=audio.numpy())  # one copy, memmap rows into the slot
+            return RingBatch(self.ring, slot, len(idx), labels)
+        audio = torch.empty((len(idx), CLIP_SAMPLES), dtype=torch.int16)
+        np.take(self.split.audio, idx, axis=0, out=audio.numpy())  # fancy indexing would copy twice
+        return audio, torch.from_numpy(labels)
 
 
 def collate_batch(batch):

@@ -1,16 +1,15 @@
 """A ring of batch-sized shared-memory slots that loader workers write batches into, allocated once.
 
 A DataLoader worker normally puts every batch into new shared memory: a new /dev/shm file, a page fault
-per 4 KiB page as the worker writes it and again as the trainer maps and reads it, then an unmap. For
-int16 clips that is most of a worker's CPU time (measured: 9 ms per batch of 128 clips, against 1 ms for
-the copy itself), and on a small machine it is taken from the cores the front end runs on.
+per 4 KiB page as the worker writes it and again as the trainer maps and reads it, then an unmap, and a
+file descriptor handed over a socket per tensor. For int16 clips that is most of a worker's CPU time
+(measured: 9 ms per batch of 128 clips, against 1 ms for the copy itself), and on a small machine it is
+taken from the cores the front end runs on.
 
 With a ring, each worker cycles through its own slots of one shared tensor that the trainer's process
-allocated before the workers started. A batch still travels as an ordinary tensor (a view of its slot);
-because the trainer's process registers the ring with torch's cache of received shared storages, the
-view it receives resolves to its own, already-mapped ring: nothing is allocated, mapped or faulted per
-batch. Where that registration is not possible (another sharing strategy, a torch without the cache),
-batches arrive as separately mapped views of the same memory: still correct, just slower.
+allocated before the workers started, and sends back only the slot's number (a :class:`RingBatch`, a few
+bytes when pickled); unpickled in the trainer's process it becomes ``(audio, labels)`` again, ``audio``
+a view of the trainer's own, already-mapped ring. Nothing is allocated, mapped or faulted per batch.
 
 Reuse is safe because the DataLoader bounds how far workers run ahead: a worker is given a new batch
 only when the consumer takes one, and never holds more than ``prefetch_factor`` unreturned batches, so
@@ -20,14 +19,19 @@ previous batch; code that keeps batches longer must copy them (the trainer and b
 """
 from __future__ import annotations
 
-import logging
+import itertools
+import os
+import weakref
 
+import numpy as np
 import torch
-
-log = logging.getLogger(__name__)
 
 # Batches the consumer may hold beyond the DataLoader's prefetch (the current one and the previous one).
 SLACK_SLOTS = 2
+
+# The rings of this process by id, so a RingBatch unpickled here finds the memory its slot number means.
+_RINGS: "weakref.WeakValueDictionary[str, BatchRing]" = weakref.WeakValueDictionary()
+_ids = itertools.count()
 
 
 class BatchRing:
@@ -39,35 +43,42 @@ class BatchRing:
             raise ValueError("a BatchRing serves DataLoader workers: workers must be >= 1")
         self.per_worker = prefetch_factor + SLACK_SLOTS
         self.slots = torch.empty(workers * self.per_worker, batch_size, *sample_shape, dtype=dtype).share_memory_()
-        self.registered = _resolve_received_views_here(self.slots)
+        self.id = f"{os.getpid()}-{next(_ids)}"
+        _RINGS[self.id] = self
         self._written = 0  # batches written by this process; each worker process counts its own
 
-    def claim(self, rows: int, worker_id: int) -> torch.Tensor:
-        """The next slot of worker ``worker_id``, as a ``[rows, *sample_shape]`` tensor to write a batch into."""
+    def __setstate__(self, state: dict) -> None:  # a worker started by spawn: known there by the same id
+        self.__dict__.update(state)
+        _RINGS[self.id] = self
+
+    def claim(self, rows: int, worker_id: int) -> tuple[int, torch.Tensor]:
+        """The next slot of worker ``worker_id``: its number and a ``[rows, *sample_shape]`` view to write into."""
         if rows > self.slots.shape[1]:
             raise ValueError(f"batch of {rows} rows does not fit the ring's {self.slots.shape[1]}-row slots")
         slot = worker_id * self.per_worker + self._written % self.per_worker
         self._written += 1
-        return self.slots[slot, :rows]
+        return slot, self.slots[slot, :rows]
 
     def holds(self, tensor: torch.Tensor) -> bool:
         """Whether ``tensor`` is a view of this process's mapping of the ring (no copy, no new mapping)."""
         return tensor.untyped_storage().data_ptr() == self.slots.untyped_storage().data_ptr()
 
 
-def _resolve_received_views_here(tensor: torch.Tensor) -> bool:
-    """Enter ``tensor``'s shared storage in torch's cache of received storages, keyed by its shm file.
+class RingBatch(tuple):
+    """``(audio, labels)`` written into a ring slot; pickles as the slot's number and the labels only."""
 
-    ``torch.multiprocessing`` looks every received file-descriptor storage up in that cache first, so a
-    worker's view of the ring is rebuilt on this process's existing mapping instead of a new one.
-    """
-    try:
-        from torch.multiprocessing import reductions
+    def __new__(cls, ring: BatchRing, slot: int, rows: int, labels: np.ndarray) -> "RingBatch":
+        batch = super().__new__(cls, (ring.slots[slot, :rows], torch.from_numpy(labels)))
+        batch.where = (ring.id, slot, rows, labels)
+        return batch
 
-        storage = tensor.untyped_storage()
-        fd, _ = storage._share_fd_cpu_()  # the storage's own descriptor (already shared): not ours to close
-        reductions.shared_cache[reductions.fd_id(fd)] = reductions.StorageWeakRef(storage)
-        return True
-    except (AttributeError, RuntimeError, OSError) as e:  # other platforms, strategies or torch versions
-        log.debug("batch ring: received batches will be mapped one by one (%s)", e)
-        return False
+    def __reduce__(self):
+        return _unpickle_ring_batch, self.where
+
+
+def _unpickle_ring_batch(ring_id: str, slot: int, rows: int, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    ring = _RINGS.get(ring_id)
+    if ring is None:
+        raise RuntimeError(f"received a batch of ring {ring_id}, which this process does not hold (a RingBatch "
+                           "only travels from a DataLoader worker to the process that made its loader)")
+    return ring.slots[slot, :rows], torch.from_numpy(labels)
