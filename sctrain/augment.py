@@ -91,7 +91,7 @@ class WaveAugment(nn.Module):
         self.register_buffer("background", background.float().contiguous(), persistent=False)
         # One row: white windows wrap around WHITE_BANK_S seconds, and the bank (see _bank) gains one row.
         self.register_buffer("white", torch.randn(1, WHITE_BANK_S * sample_rate), persistent=False)
-        self._bank_cache: Optional[tuple[Tensor, Tensor]] = None  # see _bank; rebuilt after .to(device)
+        self._bank_cache: Optional[tuple[Tensor, Optional[Tensor]]] = None  # see _bank; rebuilt after .to(device)
 
     def forward(self, wave: Tensor) -> Tensor:
         if not self.training:
@@ -137,10 +137,13 @@ class WaveAugment(nn.Module):
         period = torch.where(use_background, rec_len, white_len)
         offset = (torch.rand(batch, device=device) * period).long().clamp_max(period - 1)
         bank, energy = self._bank(length)
+        noise = bank.unfold(1, length, 1)[row, offset]
+        if energy is None:
+            return noise, rms(noise)
         window_energy = (energy[row, offset + length] - energy[row, offset]).clamp_min(0.0)
-        return bank.unfold(1, length, 1)[row, offset], (window_energy / length).sqrt().float()
+        return noise, (window_energy / length).sqrt().float()
 
-    def _bank(self, length: int) -> tuple[Tensor, Tensor]:
+    def _bank(self, length: int) -> tuple[Tensor, Optional[Tensor]]:
         """Background rows then white rows, each repeated to ``max period + length - 1`` samples, so a
         window of ``length`` from any offset inside its row's own period is contiguous: windows wrap
         around their recording, and clips longer than a recording still get noise throughout. With it,
@@ -153,7 +156,9 @@ class WaveAugment(nn.Module):
         cached = self._bank_cache
         if cached is None or cached[0].shape[1] != width or cached[0].device != self.white.device:
             bank = torch.cat([src.repeat(1, math.ceil(width / src.shape[1]))[:, :width] for src in sources])
-            energy = nn.functional.pad(bank.double().square().cumsum(dim=1), (1, 0))
+            energy = None
+            if bank.device.type != "mps":  # no float64 there: the RMS is then computed from the windows
+                energy = nn.functional.pad(bank.double().square().cumsum(dim=1), (1, 0))
             cached = self._bank_cache = (bank, energy)
         return cached
 

@@ -59,6 +59,10 @@ class BatchRing:
         self._written += 1
         return slot, self.slots[slot, :rows]
 
+    def batch(self, slot: int, rows: int, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(audio, labels)`` of a written slot: a view of the slot's first ``rows`` rows, and the labels."""
+        return self.slots[slot, :rows], torch.from_numpy(labels)
+
     def holds(self, tensor: torch.Tensor) -> bool:
         """Whether ``tensor`` is a view of this process's mapping of the ring (no copy, no new mapping)."""
         return tensor.untyped_storage().data_ptr() == self.slots.untyped_storage().data_ptr()
@@ -68,7 +72,7 @@ class RingBatch(tuple):
     """``(audio, labels)`` written into a ring slot; pickles as the slot's number and the labels only."""
 
     def __new__(cls, ring: BatchRing, slot: int, rows: int, labels: np.ndarray) -> "RingBatch":
-        batch = super().__new__(cls, (ring.slots[slot, :rows], torch.from_numpy(labels)))
+        batch = super().__new__(cls, ring.batch(slot, rows, labels))
         batch.where = (ring.id, slot, rows, labels)
         return batch
 
@@ -81,4 +85,4 @@ def _unpickle_ring_batch(ring_id: str, slot: int, rows: int, labels: np.ndarray)
     if ring is None:
         raise RuntimeError(f"received a batch of ring {ring_id}, which this process does not hold (a RingBatch "
                            "only travels from a DataLoader worker to the process that made its loader)")
-    return ring.slots[slot, :rows], torch.from_numpy(labels)
+    return ring.batch(slot, rows, labels)
