@@ -53,7 +53,7 @@ class LogMel(nn.Module):
         # reshape, not a rank check, folds [T] and [B, T] into [B, T]: no Python branch for export to trace.
         wave = wave.reshape(-1, wave.shape[-1])
         with torch.autocast(device_type=wave.device.type, enabled=False):
-            spec = torch.log(self.mel_energies(self.power(wave.float())) + LOG_OFFSET)  # [B, frames, n_mels]
+            spec = self.log_mel(wave.float())  # [B, frames, n_mels]
             # Per-clip normalisation: recording level and microphone colouring vary far more between
             # speakers than between words; the mean/variance over the whole clip carries no word identity.
             # From the sums of x and x^2 (two fast reductions; var_mean's one-pass Welford is 8x slower on
@@ -65,15 +65,19 @@ class LogMel(nn.Module):
             spec = torch.addcmul(-mean * inv_std, spec, inv_std)
         return spec.transpose(-1, -2).unsqueeze(1)
 
-    def power(self, wave: Tensor) -> Tensor:
+    def log_mel(self, wave: Tensor, center: bool = True) -> Tensor:
+        """``[B, T]`` float32 -> un-normalised log-mel ``[B, frames, n_mels]`` (frames-major)."""
+        return torch.log(self.mel_energies(self.power(wave, center)) + LOG_OFFSET)
+
+    def power(self, wave: Tensor, center: bool = True) -> Tensor:
         """``[B, T]`` float32 -> power spectrogram ``[B, frames, n_fft // 2 + 1]`` (frames-major).
 
-        The STFT of torchaudio's ``Spectrogram`` (reflect-padded, centred) with its own window and settings.
-        ``torch.stft`` returns a ``[B, bins, frames]`` view of a frames-major result; transposing it back
-        is free.
+        The STFT of torchaudio's ``Spectrogram`` (reflect-padded, centred) with its own window and settings;
+        ``center=False`` for frames that lie wholly inside ``wave`` (streaming). ``torch.stft`` returns a
+        ``[B, bins, frames]`` view of a frames-major result; transposing it back is free.
         """
         s = self.mel.spectrogram
-        if s.center:  # torch.stft's centring, as one concatenation: its reflection_pad1d is 8x slower on a CPU
+        if center:  # torch.stft's centring, as one concatenation: its reflection_pad1d is 8x slower on a CPU
             half = s.n_fft // 2
             wave = torch.cat([wave[:, 1:half + 1].flip(-1), wave, wave[:, -half - 1:-1].flip(-1)], dim=-1)
         stft = torch.stft(wave, s.n_fft, s.hop_length, s.win_length, s.window, center=False,

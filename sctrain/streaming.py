@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from .data.speechcommands import CLIP_SAMPLES, SAMPLE_RATE
-from .features import LOG_OFFSET, NORM_EPS, LogMel
+from .features import NORM_EPS, LogMel
 from .frontend import INT16_SCALE
 from .infer import FILLER_LABELS, LoadedModel
 
@@ -60,8 +60,8 @@ class IncrementalLogMel:
     """
 
     def __init__(self, logmel: LogMel, window: int = CLIP_SAMPLES) -> None:
-        self.mel = logmel.mel
-        spec = self.mel.spectrogram
+        self.logmel = logmel
+        spec = logmel.mel.spectrogram
         self.n_fft, self.hop, self.window = spec.n_fft, spec.hop_length, window
         self.frames = window // self.hop + 1
         half = self.n_fft // 2
@@ -77,11 +77,7 @@ class IncrementalLogMel:
         self._start = 0  # that window's first stream sample
 
     def _log_mel(self, seg: Tensor, center: bool) -> Tensor:
-        spec = self.mel.spectrogram
-        stft = torch.stft(seg, self.n_fft, self.hop, spec.win_length, spec.window, center=center,
-                          pad_mode="reflect", normalized=False, onesided=True, return_complex=True)
-        power = stft.abs().pow(2.0)  # as torchaudio's Spectrogram(power=2) computes it
-        return torch.log(self.mel.mel_scale(power) + LOG_OFFSET)  # [n_mels, frames]
+        return self.logmel.log_mel(seg[None], center)[0].T  # [n_mels, frames]
 
     def __call__(self, wave: Tensor, start: int) -> Tensor:
         """``wave``: the window's samples (float32 ``[window]``), ``start``: its first stream sample (a

@@ -131,11 +131,13 @@ class ClipDataset(torch.utils.data.Dataset):
         worker = torch.utils.data.get_worker_info()
         if worker is not None and self.ring is not None:
             slot, audio = self.ring.claim(len(idx), worker.id)
-            np.take(self.split.audio, idx, axis=0, out=audio.numpy())  # one copy, memmap rows into the slot
-            return RingBatch(self.ring, slot, len(idx), labels)
-        audio = torch.empty((len(idx), CLIP_SAMPLES), dtype=torch.int16)
-        np.take(self.split.audio, idx, axis=0, out=audio.numpy())  # fancy indexing would copy twice
-        return audio, torch.from_numpy(labels)
+        else:
+            slot, audio = None, torch.empty((len(idx), CLIP_SAMPLES), dtype=torch.int16)
+        # One copy, memmap rows straight into the batch (fancy indexing would copy twice).
+        np.take(self.split.audio, idx, axis=0, out=audio.numpy())
+        if slot is None:
+            return audio, torch.from_numpy(labels)
+        return RingBatch(self.ring, slot, len(idx), labels)
 
 
 def collate_batch(batch):
