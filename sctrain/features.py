@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torchaudio.transforms import MelSpectrogram
 
+from sctrain import cpu_kernels
 from sctrain.config import FeatureConfig
 
 # Added to the mel power before the log: -60 dB below a full-scale band, so digital silence gives a finite
@@ -28,11 +29,13 @@ class LogMel(nn.Module):
     """Waveform ``[B, T]`` (or one clip ``[T]``) -> per-clip normalised log-mel ``[B, 1, n_mels, frames]``.
 
     The numbers of torchaudio's ``MelSpectrogram`` (its window and filterbank, kept in ``self.mel``), computed
-    faster on a CPU: the spectrum stays frames-major (the layout ``torch.stft`` computes; torchaudio
-    transposes it twice), the power is one fused pass (torchaudio takes ``abs()``, a square root, and squares
-    it again), and the mel projection multiplies only the bands of the filterbank that are non-zero
-    (:func:`mel_blocks`). Always computed in float32: in fp16/bf16 the power spectrum under- and overflows
-    and the log of the mel energies loses most of its resolution, so the module switches autocast off.
+    faster: the spectrum stays frames-major (the layout ``torch.stft`` computes; torchaudio transposes it
+    twice). On a CPU, the compiled kernel of :mod:`sctrain.cpu_kernels` turns the spectrum into mel energies in
+    one pass; elsewhere (GPU, autograd, export), or where it is not built, the power is one fused op
+    (torchaudio takes ``abs()``, a square root, and squares it again) and the mel projection multiplies only
+    the bands of the filterbank that are non-zero (:func:`mel_blocks`). Always computed in float32: in
+    fp16/bf16 the power spectrum under- and overflows and the log of the mel energies loses most of its
+    resolution, so the module switches autocast off.
     """
 
     def __init__(self, cfg: FeatureConfig, sample_rate: int = 16000) -> None:
@@ -48,6 +51,8 @@ class LogMel(nn.Module):
         for i, (lo, hi, m_lo, m_hi) in enumerate(self.blocks):
             self.register_buffer(f"fb_block{i}", self.mel.mel_scale.fb[lo:hi, m_lo:m_hi].contiguous(),
                                  persistent=False)
+        # The CPU kernel's copy of the filterbank: plain tensors, not buffers, since it only ever runs on the CPU.
+        self.sparse_fb = cpu_kernels.sparse_filterbank(self.mel.mel_scale.fb)
 
     def forward(self, wave: Tensor) -> Tensor:
         # reshape, not a rank check, folds [T] and [B, T] into [B, T]: no Python branch for export to trace.
@@ -67,29 +72,74 @@ class LogMel(nn.Module):
 
     def log_mel(self, wave: Tensor, center: bool = True) -> Tensor:
         """``[B, T]`` float32 -> un-normalised log-mel ``[B, frames, n_mels]`` (frames-major)."""
-        return torch.log(self.mel_energies(self.power(wave, center)) + LOG_OFFSET)
+        spec = self.spectrum(wave, center)
+        if cpu_kernels.usable(spec):  # the offset is added in the kernel's pass, the log in place
+            return cpu_kernels.mel_energies(spec, self.sparse_fb, offset=LOG_OFFSET).log_()
+        return torch.log(self.mel_energies(power_spectrum(spec)) + LOG_OFFSET)
 
-    def power(self, wave: Tensor, center: bool = True) -> Tensor:
-        """``[B, T]`` float32 -> power spectrogram ``[B, frames, n_fft // 2 + 1]`` (frames-major).
+    def spectrum(self, wave: Tensor, center: bool = True) -> Tensor:
+        """``[B, T]`` float32 -> complex STFT ``[B, frames, n_fft // 2 + 1]`` (frames-major).
 
-        The STFT of torchaudio's ``Spectrogram`` (reflect-padded, centred) with its own window and settings;
-        ``center=False`` for frames that lie wholly inside ``wave`` (streaming). ``torch.stft`` returns a
-        ``[B, bins, frames]`` view of a frames-major result; transposing it back is free.
+        ``torch.stft``'s numbers with torchaudio's window and settings, the spectrum left frames-major;
+        ``center=True`` frames the clip reflect-padded by ``n_fft // 2`` at each end (torchaudio's
+        ``Spectrogram``), ``center=False`` takes only frames that lie wholly inside ``wave`` (streaming).
         """
         s = self.mel.spectrogram
-        if center:  # torch.stft's centring, as one concatenation: its reflection_pad1d is 8x slower on a CPU
+        if center and not cpu_kernels.plain_eager(wave):  # autograd, tracing, export: the differentiable, traceable ops
             half = s.n_fft // 2
             wave = torch.cat([wave[:, 1:half + 1].flip(-1), wave, wave[:, -half - 1:-1].flip(-1)], dim=-1)
-        stft = torch.stft(wave, s.n_fft, s.hop_length, s.win_length, s.window, center=False,
-                          normalized=False, onesided=s.onesided, return_complex=True)
-        parts = torch.view_as_real(stft.transpose(-1, -2))
-        re, im = parts[..., 0], parts[..., 1]
-        return torch.addcmul(re.square(), im, im)
+            center = False
+        if not center:
+            stft = torch.stft(wave, s.n_fft, s.hop_length, s.win_length, s.window, center=False,
+                              normalized=False, onesided=s.onesided, return_complex=True)
+            return stft.transpose(-1, -2)  # [B, bins, frames] is a view of a frames-major result
+        # torch.stft's own numbers (window centred in the frame, then rfft), from frames cut straight from
+        # the clip: no padded copy, and no reflection_pad1d (8x slower than a concatenation on a CPU).
+        left = (s.n_fft - s.win_length) // 2
+        window = nn.functional.pad(s.window, (left, s.n_fft - s.win_length - left))
+        return torch.fft.rfft(centred_frames(wave, s.n_fft, s.hop_length, window))
+
+    def power(self, wave: Tensor, center: bool = True) -> Tensor:
+        """``[B, T]`` float32 -> power spectrogram ``[B, frames, n_fft // 2 + 1]`` (frames-major)."""
+        return power_spectrum(self.spectrum(wave, center))
 
     def mel_energies(self, power: Tensor) -> Tensor:
         """``[..., bins]`` power -> ``[..., n_mels]``: ``power @ fb`` over the filterbank's non-zero blocks."""
         parts = [power[..., lo:hi] @ getattr(self, f"fb_block{i}") for i, (lo, hi, _, _) in enumerate(self.blocks)]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+
+def centred_frames(wave: Tensor, n_fft: int, hop: int, window: Tensor) -> Tensor:
+    """Windowed frames ``[B, frames, n_fft]`` of ``wave [B, T]`` reflect-padded by ``n_fft // 2`` at each end.
+
+    What ``torch.stft(center=True)`` frames, without a padded copy of the whole clip (on a CPU, one more
+    pass over the audio than the frames need): the frames inside the clip are cut from it directly, and
+    only the first and last few from short padded pieces.
+    """
+    batch, length = wave.shape
+    half = n_fft // 2
+    count = (length + 2 * half - n_fft) // hop + 1
+    first = -(-half // hop)  # the first frame that starts inside the clip...
+    last = (length + half - n_fft) // hop  # ...and the last that ends inside it
+    if first > last:  # a clip of a few frames: pad it whole
+        padded = torch.cat([wave[:, 1:half + 1].flip(-1), wave, wave[:, -half - 1:-1].flip(-1)], dim=-1)
+        return padded.unfold(-1, n_fft, hop) * window
+    frames = wave.new_empty(batch, count, n_fft)
+    inside = wave[:, first * hop - half:].unfold(-1, n_fft, hop)[:, :last - first + 1]
+    torch.mul(inside, window, out=frames[:, first:last + 1])
+    head = torch.cat([wave[:, 1:half + 1].flip(-1), wave[:, :(first - 1) * hop + n_fft - half]], dim=-1)
+    torch.mul(head.unfold(-1, n_fft, hop), window, out=frames[:, :first])
+    if last + 1 < count:
+        tail = torch.cat([wave[:, (last + 1) * hop - half:], wave[:, -half - 1:-1].flip(-1)], dim=-1)
+        torch.mul(tail.unfold(-1, n_fft, hop), window, out=frames[:, last + 1:])
+    return frames
+
+
+def power_spectrum(spec: Tensor) -> Tensor:
+    """``|spec| ** 2`` of a complex tensor as one fused op (``abs()`` would take a square root to undo)."""
+    parts = torch.view_as_real(spec)
+    re, im = parts[..., 0], parts[..., 1]
+    return torch.addcmul(re.square(), im, im)
 
 
 def mel_blocks(fb: Tensor, bands_per_block: int = 16) -> list[tuple[int, int, int, int]]:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import checkpoint
+from . import checkpoint, cpu_kernels
 from .augment import mixup
 from .checkpointer import Checkpointer, Progress
 from .config import Config, dump_config
@@ -246,6 +246,8 @@ class Run:
             log.info("training %s: %d params, %d processes on %s, precision %s, %d steps/epoch, batch %d/rank",
                      type(self.raw_model).__name__, count_parameters(self.raw_model), self.world, self.device,
                      self.accelerator.mixed_precision, self.steps_per_epoch, cfg.train.batch_size)
+            if self.device.type == "cpu":
+                log.info("front end on the CPU: %s", cpu_kernels.describe())
         while p.epoch < cfg.train.epochs:
             epoch = p.epoch
             if p.step_in_epoch < self.steps_per_epoch:

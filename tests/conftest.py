@@ -8,6 +8,18 @@ import pytest
 from sctrain.data.synthetic import write_synthetic_dataset
 
 
+@pytest.fixture(params=["cpu_kernels", "pytorch"])
+def cpu_implementation(request, monkeypatch) -> str:
+    """Runs a test once with the compiled CPU kernels (sctrain.cpu_kernels) and once with the PyTorch ops
+    that GPUs use: the two must agree. The kernels' run is skipped where they are not built."""
+    from sctrain import cpu_kernels
+
+    if request.param == "cpu_kernels" and cpu_kernels._cpu_kernels is None:
+        pytest.skip("sctrain._cpu_kernels is not built (no C compiler at install time)")
+    monkeypatch.setenv(cpu_kernels.DISABLE_ENV, "1" if request.param == "cpu_kernels" else "0")
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     """6 words x 20 clips (20 speakers: 96 train, 12 validation, 12 test) + 3 noise files. Treat as read-only:

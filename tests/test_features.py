@@ -14,6 +14,8 @@ from torchaudio.transforms import MelSpectrogram
 from sctrain.frontend import FrontEnd
 
 SR = 16000
+# Every test here runs on both CPU implementations of the front end: the C kernels and the PyTorch ops.
+pytestmark = pytest.mark.usefixtures("cpu_implementation")
 
 # Everything off: each test switches on only the augmentation it checks.
 QUIET = dict(shift_p=0.0, noise_p=0.0, gain_db=0.0, mask_p=0.0)
@@ -299,8 +301,10 @@ def test_noise_rms_from_the_energy_table_is_exact():
     # The running sum of squares gives each window's RMS without a pass over it, wrapped windows included.
     torch.manual_seed(0)
     aug = WaveAugment(augment_cfg(noise_p=1.0, background_p=0.5), torch.randn(3, SR // 2) * 0.3).train()
-    noise, noise_rms = aug._noise(64, SR, torch.device("cpu"))
-    assert torch.allclose(noise_rms, noise.square().mean(dim=1).sqrt(), rtol=1e-4)
+    draw = aug.draw(64, SR, torch.device("cpu")).noise
+    bank, _ = aug._bank(SR)
+    noise = bank.unfold(1, SR, 1)[draw.row, draw.offset]
+    assert torch.allclose(aug._window_rms(draw, SR), noise.square().mean(dim=1).sqrt(), rtol=1e-4)
 
 
 def test_add_noise_guards_silence():

@@ -5,7 +5,8 @@
 (a) project: packed int16 memmap -> ``ClipDataset.__getitems__`` (one gather per batch, written by the
     workers into a shared-memory ``BatchRing``) -> ``BalancedDistributedSampler`` -> DataLoader ->
     batched ``FrontEnd`` in train mode on the device (gain, shift, noise, log-mel, masking): model-ready
-    ``[B, 1, n_mels, frames]`` features. On a CPU the process first calls ``keep_freed_memory()``, as the
+    ``[B, 1, n_mels, frames]`` features. On a CPU the front end uses the compiled kernels of
+    ``sctrain.cpu_kernels`` where they are built, as the trainer does (``machine.cpu_kernels`` in the output). On a CPU the process first calls ``keep_freed_memory()``, as the
     trainer does (forked reference workers inherit it too; measured effect on the reference: within 3 %).
 (b) reference, in the seed's style: every DataLoader item reads its WAV with soundfile, pads or trims it,
     shifts it, adds noise, computes its own torchaudio log-mel and masks it, in a worker; default collate;
@@ -37,6 +38,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
+from sctrain import cpu_kernels
 from sctrain.config import AugmentConfig, ConfigError, DataConfig, FeatureConfig, load_config
 from sctrain.data.pack import clip_loader, load_dataset
 from sctrain.data.sampler import BalancedDistributedSampler, class_balanced_weights
@@ -238,7 +240,8 @@ def machine_info(device: torch.device) -> dict:
     info = {"host": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
             "cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
             "torchaudio": torchaudio.__version__, "torch_threads": torch.get_num_threads(),
-            "device": str(device), "load_avg_1m_at_start": round(os.getloadavg()[0], 2)}
+            "device": str(device), "cpu_kernels": cpu_kernels.available(),
+            "load_avg_1m_at_start": round(os.getloadavg()[0], 2)}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
