@@ -99,9 +99,9 @@ class WaveAugment(nn.Module):
     ``B x T`` normal samples per batch, a sixth of the front end's time on a CPU. The output is float32,
     not clipped back to [-1, 1]: the features are computed in float, nothing here is stored as int16 again.
 
-    :meth:`draw` makes all random choices for a batch, then one of two equal implementations applies them:
-    :meth:`apply` (PyTorch ops, on any device) or, on a CPU, the one-pass C kernel of
-    :mod:`sctrain.cpu_kernels`, about 8x faster there.
+    :meth:`draw` makes all random choices for a batch, then one of two implementations with the same result
+    applies them: :meth:`apply` (PyTorch ops, on any device) or, on a CPU, the one-pass C kernel of
+    :mod:`sctrain.cpu_kernels` (3x faster there: 3.5 instead of 11 ms for 128 clips on one core).
     """
 
     def __init__(self, cfg: AugmentConfig, background: Tensor, sample_rate: int = 16000) -> None:
