@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -76,6 +77,7 @@ class NullTracker:
     wants_examples: int = 0  # validation clips log_eval would like to receive (0 = don't compute them)
 
     def log_config(self, config: dict) -> None: ...
+    def rewind(self, step: int) -> None: ...
     def log_train(self, step: int, metrics: dict) -> None: ...
     def log_eval(self, step: int, epoch: int, split: str, result: "Any", examples: Optional[dict] = None) -> None: ...
     def log_results(self, results: dict, best_path: Optional[Path] = None) -> None: ...
@@ -103,6 +105,35 @@ class Tracker(NullTracker):
     def log_config(self, config: dict) -> None:
         if self.wandb is not None:
             self.wandb.log_config(config)
+
+    def rewind(self, step: int) -> None:
+        """Drop the records after ``step`` (and any results) from ``metrics.jsonl``: a run resumed from the
+        state of ``step`` logs those steps again, and the file should hold one history, not the killed
+        attempt's steps followed by their repeats. Lines cut by a kill go too. Atomic: a kill now leaves
+        either file.
+
+        W&B cannot drop what it has: it keeps the first attempt's steps and skips their repeats
+        (see :class:`sctrain.wandb_run.WandbRun`)."""
+        try:
+            lines = self.path.read_text().splitlines()
+        except FileNotFoundError:
+            return
+        kept = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            # Step-less records are the end-of-run results: the resumed run writes its own.
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+                kept.append(line)
+        if len(kept) == len(lines):
+            return
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.path)
+        log.info("metrics.jsonl: dropped %d records after step %d, which this run writes again",
+                 len(lines) - len(kept), step)
 
     def log_train(self, step: int, metrics: dict) -> None:
         self._write({"kind": "train", "step": step, **metrics})

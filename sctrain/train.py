@@ -125,6 +125,8 @@ class Run:
                                                       self.steps_per_epoch)
             log.info("resumed in epoch %d, after step %d (best val acc %.4f)", self.progress.epoch + 1,
                      self.progress.global_step, self.progress.best_val_acc)
+            if own_state:
+                self.tracker.rewind(self.progress.global_step)
         self.stop = GracefulStop().install()
 
     # ------------------------------------------------------------------------------------ state
@@ -223,10 +225,14 @@ class Run:
                 raise Preempted()
             if self.checkpointer.due(p):
                 self.save_state()
-            if cfg.train.max_steps and p.global_step >= cfg.train.max_steps:
+            if self.step_budget_spent():
                 break
         bar.close()
         return epoch_clips / max(1e-9, time.perf_counter() - epoch_t0)
+
+    def step_budget_spent(self) -> bool:
+        """``train.max_steps`` optimizer steps are done (never, when it is 0)."""
+        return bool(self.cfg.train.max_steps) and self.progress.global_step >= self.cfg.train.max_steps
 
     def _memory(self) -> dict:
         if self.device.type != "cuda":
@@ -248,7 +254,7 @@ class Run:
                      self.accelerator.mixed_precision, self.steps_per_epoch, cfg.train.batch_size)
             if self.device.type == "cpu":
                 log.info("front end on the CPU: %s", cpu_kernels.describe())
-        while p.epoch < cfg.train.epochs:
+        while p.epoch < cfg.train.epochs and not self.step_budget_spent():
             epoch = p.epoch
             if p.step_in_epoch < self.steps_per_epoch:
                 rates.append(self.train_epoch(epoch))
@@ -266,10 +272,11 @@ class Run:
             self.tracker.log_eval(p.global_step, epoch, "validation", val, examples)
             log.info("epoch %d/%d: val acc %.4f loss %.4f%s", epoch + 1, cfg.train.epochs, val.accuracy, val.loss,
                      " (best, saved best_sc.pt)" if improved else "")
-            p.epoch, p.step_in_epoch = epoch + 1, 0
+            # A train.max_steps stop inside the epoch leaves the state there: a longer run resumed from it
+            # trains the rest of the epoch instead of skipping it.
+            if p.step_in_epoch >= self.steps_per_epoch:
+                p.epoch, p.step_in_epoch = epoch + 1, 0
             self.save_state()
-            if cfg.train.max_steps and p.global_step >= cfg.train.max_steps:
-                break
         self.accelerator.wait_for_everyone()
         dump_weight_digest(self.raw_model, self.rank, self.world)  # debug hook, only with $SCTRAIN_DUMP_WEIGHTS_DIR
         return {"train_clips_per_s": float(np.mean(rates)) if rates else None}

@@ -135,6 +135,55 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+def test_interrupted_download_continues_where_it_stopped(tmp_path, archive):
+    data, cut = archive[0].read_bytes(), archive[0].stat().st_size // 3
+    ranges = []
+
+    class CutOnce(http.server.BaseHTTPRequestHandler):
+        """The archive with HTTP Range support; the first answer breaks off after `cut` bytes, as a dropped
+        connection does."""
+
+        def do_GET(self):
+            wanted = self.headers.get("Range")
+            ranges.append(wanted)
+            start = int(wanted.removeprefix("bytes=").rstrip("-")) if wanted else 0
+            self.send_response(206 if wanted else 200)
+            if wanted:
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            self.send_header("Content-Length", str(len(data) - start))
+            self.end_headers()
+            self.wfile.write(data[start:cut] if len(ranges) == 1 else data[start:])
+            self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), CutOnce)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    root = tmp_path / "root"
+    url = f"http://127.0.0.1:{server.server_address[1]}/{archive[0].name}"
+    try:
+        with pytest.raises(DatasetError, match=r"MB received are kept in .*\.part, and the next run continues"):
+            ensure_dataset(DataConfig(root=str(root)), url=url, sha256=archive[1], progress=False)
+        assert (root / "speech_commands_v0.02.tar.gz.part").stat().st_size == cut
+        folder = ensure_dataset(DataConfig(root=str(root)), url=url, sha256=archive[1], progress=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert ranges == [None, f"bytes={cut}-"]  # the second request asked for the rest only
+    assert is_layout(folder) and (root / "speech_commands_v0.02.tar.gz").read_bytes() == data
+    assert not list(root.glob("*.part"))
+
+
+def test_stale_part_is_replaced_when_the_server_sends_the_whole_file(tmp_path, archive):
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "speech_commands_v0.02.tar.gz.part").write_bytes(b"junk from another download")
+    # file:// ignores Range and sends the whole file, which must replace the .part, not extend it.
+    folder = ensure_dataset(DataConfig(root=str(root)), url=archive[0].as_uri(), sha256=archive[1], progress=False)
+    assert is_layout(folder) and not list(root.glob("*.part"))
+
+
 def test_offline_error_says_what_to_fetch_and_where(tmp_path):
     root = tmp_path / "root"
     url = "http://127.0.0.1:9/speech_commands_v0.02.tar.gz"
@@ -265,6 +314,25 @@ def test_pack_cache_is_reused_and_invalidated(synth_copy, caplog, monkeypatch):
     assert (repacked.split("train").audio[0] == 7).all()
     kws = pack_dataset(scan_dataset(synth_copy, "kws12"), progress=False)  # task and options are keyed too
     assert kws.cache_dir.name.startswith("kws12-") and kws.labels == KWS12_LABELS
+
+
+def test_a_repacked_source_removes_the_older_cache_unless_a_job_reads_it(synth_copy, caplog):
+    old = pack_dataset(scan_dataset(synth_copy, "all"), progress=False)
+    old_dir, changed = old.cache_dir, old.split("train").files[:2]
+    kws = pack_dataset(scan_dataset(synth_copy, "kws12"), progress=False)  # another task: not superseded
+    del old  # no job reads it any more
+    _wav(synth_copy / changed[0], np.full(16000, 7))
+    with caplog.at_level(logging.INFO):
+        new = pack_dataset(scan_dataset(synth_copy, "all"), progress=False)
+    assert not old_dir.exists() and f"removed the older packed cache {old_dir}" in caplog.text
+    assert kws.cache_dir.is_dir() and (new.split("train").audio[0] == 7).all()
+    assert not list(old_dir.parent.glob(".*stale*"))
+    # `new` is still open here, as in a running job: the next repack keeps it.
+    _wav(synth_copy / changed[1], np.full(16000, 9))
+    with caplog.at_level(logging.INFO):
+        newer = pack_dataset(scan_dataset(synth_copy, "all"), progress=False)
+    assert new.cache_dir.is_dir() and f"kept the older packed cache {new.cache_dir}" in caplog.text
+    assert (new.split("train").audio[0] == 7).all() and (newer.split("train").audio[1] == 9).all()
 
 
 def test_corrupt_clip_is_named_or_skipped(synth_copy, caplog):

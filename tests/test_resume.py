@@ -120,6 +120,14 @@ def restart_and_kill9(cmd: list[str], out: Path, log: Path, resumed_from: int) -
     return newest["global_step"]
 
 
+def metric_history(out: Path) -> list[tuple]:
+    """Kind, step and split of every metrics.jsonl record, and the evaluations' loss (a train record's loss
+    averages the steps since the last record, which after a restart begin at the resumed step)."""
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [(r["kind"], r.get("step"), r.get("split"), r.get("loss") if r["kind"] == "eval" else None)
+            for r in records]
+
+
 def assert_same_weights(out: Path, reference: Path) -> None:
     best, ref_best = load_best(out / "best_sc.pt"), load_best(reference / "best_sc.pt")
     assert best["metrics"] == ref_best["metrics"]
@@ -137,6 +145,8 @@ def assert_same_weights(out: Path, reference: Path) -> None:
             assert torch.equal(torch.as_tensor(a[name]), torch.as_tensor(b[name])), f"optimizer state {i}.{name}"
     for a, b in zip(ref_state["rng"], state["rng"]):
         assert torch.equal(a["torch"], b["torch"])
+    # One history in metrics.jsonl, as the uninterrupted run's: no steps repeated after a kill.
+    assert metric_history(out) == metric_history(reference)
     results, ref_results = (json.loads((d / "results.json").read_text()) for d in (out, reference))
     assert (results["val_acc"], results["test_acc"]) == (ref_results["val_acc"], ref_results["test_acc"])
     assert not list((out / "state").glob(".tmp-*")) and not list((out / "state").glob(".old-*"))

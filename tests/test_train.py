@@ -98,3 +98,16 @@ def test_cli_missing_dataset_is_one_line(tmp_path):
 def test_cli_print_config_resolves_overrides():
     result = run_cli("--config", "configs/debug.yaml", "train.epochs=9", "--print-config")
     assert result.returncode == 0 and "epochs: 9" in result.stdout
+
+
+def test_max_steps_inside_an_epoch_leaves_the_rest_of_it_to_a_longer_run(synthetic_root, tmp_path):
+    from sctrain.checkpoint import list_states, load_state
+
+    out = tmp_path / "run"
+    base = [f"data.root={synthetic_root}", f"output_dir={out}", "train.epochs=2", *TINY, "bench.latency=false"]
+    assert train(load_config(REPO / "configs/debug.yaml", [*base, "train.max_steps=3"]))["steps"] == 3
+    progress = load_state(list_states(out)[0])["progress"]
+    assert (progress["epoch"], progress["step_in_epoch"], progress["global_step"]) == (0, 3, 3)  # mid-epoch
+    # The same command again has nothing left to train; without the limit, the run finishes both epochs.
+    assert train(load_config(REPO / "configs/debug.yaml", [*base, "train.max_steps=3"]))["steps"] == 3
+    assert train(load_config(REPO / "configs/debug.yaml", base))["steps"] == 2 * 96 // 16

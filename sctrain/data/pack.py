@@ -3,7 +3,8 @@
 A cache folder holds, per split, ``audio_<split>.npy`` (int16 [N, 16000]), ``labels_<split>.npy`` (int64),
 ``offsets_<split>.npy`` (int64 sample offsets, non-zero for _silence_ cuts) and ``files_<split>.txt``, plus
 ``background.npy`` (float32 [M, 16000] 1 s noise segments at a 0.5 s stride) and ``meta.json``. Its name
-carries a fingerprint of the source files and the scan options, so a changed source is repacked.
+carries a fingerprint of the source files and the scan options, so a changed source is repacked, and the
+cache it replaces is deleted unless a running job still reads it (:func:`remove_stale_caches`).
 """
 from __future__ import annotations
 
@@ -21,6 +22,10 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Optional
 
+try:
+    import fcntl
+except ImportError:  # Windows: stale caches are not removed
+    fcntl = None
 import numpy as np
 import soundfile as sf
 import torch
@@ -81,6 +86,7 @@ class PackedDataset:
     def __init__(self, cache_dir: Path):
         self.cache_dir = Path(cache_dir)
         self.meta: dict = json.loads((self.cache_dir / "meta.json").read_text())
+        self._in_use = _hold(self.cache_dir)  # while this object lives, remove_stale_caches leaves it alone
         self.labels: list[str] = list(self.meta["labels"])
         self.skipped: list[str] = list(self.meta["skipped"])
         self._splits: dict[str, PackedSplit] = {}
@@ -215,7 +221,48 @@ def pack_dataset(index: DatasetIndex, cache_dir: Optional[Path] = None, workers:
     parent = next((p for p in parents if _writable(p)), None)
     if parent is None:
         raise DatasetError(f"no writable folder for the packed cache: tried {', '.join(map(str, parents))}")
-    return PackedDataset(_build(index, parent, name, fp, workers or os.cpu_count() or 1, skip_bad, progress))
+    data = PackedDataset(_build(index, parent, name, fp, workers or os.cpu_count() or 1, skip_bad, progress))
+    remove_stale_caches(parent, name, index)
+    return data
+
+
+def _hold(folder: Path):
+    """A shared lock on ``folder/meta.json``, held while the returned file stays open (None without flock)."""
+    if fcntl is None:
+        return None
+    f = open(folder / "meta.json", "rb")
+    try:
+        fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:  # a cleaner holds it this instant: it is deleting a cache nothing should be reading
+        pass
+    return f
+
+
+def remove_stale_caches(parent: Path, current: str, index: DatasetIndex) -> None:
+    """Delete the caches in ``parent`` that this one replaces: the same root, task and options, packed
+    before the source changed. Each is a full copy of the audio (GBs for the real dataset), and nothing
+    reuses it. One that a running job has open (:class:`PackedDataset` holds a shared lock) is kept."""
+    if fcntl is None:
+        return
+    for folder in sorted(parent.glob(f"{index.task}-*")):
+        if folder.name == current or not folder.is_dir():
+            continue
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if meta.get("root") != str(index.root) or meta.get("options") != index.options:
+            continue  # another dataset, or other scan options: not superseded by this cache
+        with open(folder / "meta.json", "rb") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                log.info("kept the older packed cache %s: a running job reads it", folder)
+                continue
+            trash = folder.with_name(f".{folder.name}.stale-{os.getpid()}")
+            os.rename(folder, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        log.info("removed the older packed cache %s (its source has changed since)", folder)
 
 
 def _is_complete(folder: Path, fp: str) -> bool:

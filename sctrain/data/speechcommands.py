@@ -78,44 +78,72 @@ def is_layout(folder: Path) -> bool:
     return any(p.is_dir() and not p.name.startswith(("_", ".")) for p in folder.iterdir())
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+def sha256_file(path: Path) -> str:
+    return running_sha256(path).hexdigest()
+
+
+def running_sha256(path: Path, chunk: int = 1 << 20) -> "hashlib._Hash":
+    """A SHA-256 over the bytes in ``path``, open to ``update()`` with more."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             digest.update(block)
-    return digest.hexdigest()
+    return digest
 
 
 def download_file(url: str, dest: Path, sha256: Optional[str] = None, progress: bool = True,
                   timeout: float = 60.0) -> Path:
     """Fetch ``url`` (http(s):// or file://) to ``dest`` via ``dest.part``; verify, then rename into place.
 
-    Raises ``DatasetError`` on a network failure (nothing is left behind) or a checksum mismatch (the
-    download is kept as ``<dest>.bad`` for inspection, never used).
+    An interrupted download (a network error, a killed job) leaves ``dest.part``; the next call asks the
+    server for the rest (an HTTP ``Range`` request) and starts again from zero only if the server answers
+    with the whole file. Raises ``DatasetError`` on a network failure (what arrived is kept for the next
+    try) or a checksum mismatch (the download is kept as ``<dest>.bad`` for inspection, never used).
     """
     from tqdm.auto import tqdm
 
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
-    digest = hashlib.sha256()
+    have = part.stat().st_size if part.is_file() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            resumed = have > 0 and getattr(response, "status", None) == 206  # else: the whole file again
+            digest = running_sha256(part) if resumed else hashlib.sha256()
+            start = have if resumed else 0
+            length = int(response.headers.get("Content-Length") or 0)
+            if resumed:
+                log.info("resuming the download of %s at %.1f MB", dest.name, start / 1e6)
+            with open(part, "ab" if resumed else "wb") as out, \
+                    tqdm(total=start + length or None, initial=start, unit="B", unit_scale=True, desc=dest.name,
+                         disable=not progress) as bar:
+                received = 0
                 while block := response.read(1 << 20):
                     out.write(block)
                     digest.update(block)
                     bar.update(len(block))
+                    received += len(block)
+            if length and received < length:  # read(n) returns what came before the connection dropped
+                raise http.client.IncompleteRead(b"", length - received)
+    except urllib.error.HTTPError as e:
+        if not (e.code == 416 and have):  # 416: nothing after byte `have`: the last try got it all
+            raise _download_error(url, dest, part, e) from None
+        digest = running_sha256(part)
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
-        part.unlink(missing_ok=True)
-        if isinstance(e, PermissionError):
-            raise DatasetError(f"cannot write {part}: {e.strerror}; point data.root at a writable folder") from None
-        reason = getattr(e, "reason", None) or e
-        raise DatasetError(f"could not download {url} ({reason}); fetch it by hand and put it at {dest} "
-                           f"(or extract it into {dest.parent / _stem(dest)})") from None
+        raise _download_error(url, dest, part, e) from None
     _check_sha256(part, digest.hexdigest(), sha256, shown=dest)
     os.replace(part, dest)
     return dest
+
+
+def _download_error(url: str, dest: Path, part: Path, e: Exception) -> DatasetError:
+    if isinstance(e, PermissionError):
+        return DatasetError(f"cannot write {part}: {e.strerror}; point data.root at a writable folder")
+    reason = getattr(e, "reason", None) or e
+    size = part.stat().st_size if part.is_file() else 0
+    kept = f"; the {size / 1e6:.1f} MB received are kept in {part}, and the next run continues" if size else ""
+    return DatasetError(f"could not download {url} ({reason}){kept}; or fetch it by hand and put it at {dest} "
+                        f"(or extract it into {dest.parent / _stem(dest)})")
 
 
 def _check_sha256(path: Path, actual: str, expected: Optional[str], shown: Path) -> None:
