@@ -55,6 +55,11 @@ def rms(wave: Tensor) -> Tensor:
     return (torch.linalg.vector_norm(wave, dim=-1) / math.sqrt(wave.shape[-1])).clamp_min(_RMS_FLOOR)
 
 
+def noise_level(noise_rms: Tensor, snr_db: Tensor) -> Tensor:
+    """What the clip's RMS is divided by to scale noise of RMS ``noise_rms`` to ``snr_db`` below the clip."""
+    return noise_rms.clamp_min(_RMS_FLOOR) * torch.pow(10.0, snr_db / 20.0)
+
+
 def add_noise(wave: Tensor, noise: Tensor, snr_db: Tensor, rows: Optional[Tensor] = None,
               noise_rms: Optional[Tensor] = None) -> Tensor:
     """``wave + noise`` with each noise row scaled so the clip-to-noise RMS ratio is ``snr_db [B]`` dB.
@@ -64,7 +69,7 @@ def add_noise(wave: Tensor, noise: Tensor, snr_db: Tensor, rows: Optional[Tensor
     """
     if noise_rms is None:
         noise_rms = rms(noise)
-    scale = rms(wave) / (noise_rms.clamp_min(_RMS_FLOOR) * torch.pow(10.0, snr_db / 20.0))
+    scale = rms(wave) / noise_level(noise_rms, snr_db)
     if rows is not None:
         scale = scale * rows  # a zero scale, not torch.where: one pass over the audio instead of two
     return torch.addcmul(wave, noise, scale[:, None])
@@ -177,7 +182,7 @@ class WaveAugment(nn.Module):
             start = draw.noise.row * bank.shape[1] + draw.noise.offset
             # add_noise's scale, rms(wave) / (noise RMS x 10^(SNR/20)), without the clip's RMS, which the
             # kernel measures after the shift; 0 for clips without noise.
-            mult = draw.noise.on / (noise_rms.clamp_min(_RMS_FLOOR) * torch.pow(10.0, draw.noise.snr_db / 20.0))
+            mult = draw.noise.on / noise_level(noise_rms, draw.noise.snr_db)
         return cpu_kernels.augment_wave(wave, shift, draw.gain, bank, start, mult, _RMS_FLOOR)
 
     def _noise_windows(self, batch: int, device: torch.device) -> tuple[Tensor, Tensor]:

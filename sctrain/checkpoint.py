@@ -15,7 +15,7 @@ import shutil
 import time
 import zipfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, BinaryIO, Callable, Optional
 
 import torch
 
@@ -45,11 +45,17 @@ def _fsync_dir(path: Path) -> None:
 
 def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` to ``path`` via a temporary file in the same folder and an atomic rename."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
+    """``write(f)`` into a temporary file next to ``path``, synced, then renamed over ``path``: a kill at
+    any moment leaves the old file or the new one, never a mix."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "wb") as f:
-        torch.save(obj, f)
+        write(f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

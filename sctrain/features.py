@@ -86,9 +86,7 @@ class LogMel(nn.Module):
         """
         s = self.mel.spectrogram
         if center and not cpu_kernels.plain_eager(wave):  # autograd, tracing, export: the differentiable, traceable ops
-            half = s.n_fft // 2
-            wave = torch.cat([wave[:, 1:half + 1].flip(-1), wave, wave[:, -half - 1:-1].flip(-1)], dim=-1)
-            center = False
+            wave, center = reflect_pad(wave, s.n_fft // 2), False
         if not center:
             stft = torch.stft(wave, s.n_fft, s.hop_length, s.win_length, s.window, center=False,
                               normalized=False, onesided=s.onesided, return_complex=True)
@@ -109,6 +107,12 @@ class LogMel(nn.Module):
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
 
+def reflect_pad(wave: Tensor, half: int) -> Tensor:
+    """``wave [B, T]`` reflect-padded by ``half`` samples at each end, as ``torch.stft(center=True)`` pads it,
+    as one concatenation: its reflection_pad1d is 8x slower on a CPU."""
+    return torch.cat([wave[:, 1:half + 1].flip(-1), wave, wave[:, -half - 1:-1].flip(-1)], dim=-1)
+
+
 def centred_frames(wave: Tensor, n_fft: int, hop: int, window: Tensor) -> Tensor:
     """Windowed frames ``[B, frames, n_fft]`` of ``wave [B, T]`` reflect-padded by ``n_fft // 2`` at each end.
 
@@ -122,8 +126,7 @@ def centred_frames(wave: Tensor, n_fft: int, hop: int, window: Tensor) -> Tensor
     first = -(-half // hop)  # the first frame that starts inside the clip...
     last = (length + half - n_fft) // hop  # ...and the last that ends inside it
     if first > last:  # a clip of a few frames: pad it whole
-        padded = torch.cat([wave[:, 1:half + 1].flip(-1), wave, wave[:, -half - 1:-1].flip(-1)], dim=-1)
-        return padded.unfold(-1, n_fft, hop) * window
+        return reflect_pad(wave, half).unfold(-1, n_fft, hop) * window
     frames = wave.new_empty(batch, count, n_fft)
     inside = wave[:, first * hop - half:].unfold(-1, n_fft, hop)[:, :last - first + 1]
     torch.mul(inside, window, out=frames[:, first:last + 1])

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+
+from .checkpoint import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +130,7 @@ class Tracker(NullTracker):
                 kept.append(line)
         if len(kept) == len(lines):
             return
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
+        atomic_write(self.path, lambda f: f.write("".join(line + "\n" for line in kept).encode()))
         log.info("metrics.jsonl: dropped %d records after step %d, which this run writes again",
                  len(lines) - len(kept), step)
 

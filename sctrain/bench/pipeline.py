@@ -6,8 +6,9 @@
     workers into a shared-memory ``BatchRing``) -> ``BalancedDistributedSampler`` -> DataLoader ->
     batched ``FrontEnd`` in train mode on the device (gain, shift, noise, log-mel, masking): model-ready
     ``[B, 1, n_mels, frames]`` features. On a CPU the front end uses the compiled kernels of
-    ``sctrain.cpu_kernels`` where they are built, as the trainer does (``machine.cpu_kernels`` in the output). On a CPU the process first calls ``keep_freed_memory()``, as the
-    trainer does (forked reference workers inherit it too; measured effect on the reference: within 3 %).
+    ``sctrain.cpu_kernels`` where they are built, as the trainer does (``machine.cpu_kernels`` in the
+    output), and the process first calls ``keep_freed_memory()``, as the trainer does (forked reference
+    workers inherit it too; measured effect on the reference: within 3 %).
 (b) reference, in the seed's style: every DataLoader item reads its WAV with soundfile, pads or trims it,
     shifts it, adds noise, computes its own torchaudio log-mel and masks it, in a worker; default collate;
     ``WeightedRandomSampler``. Same features and augmentation settings, same worker count, same batch size.
