@@ -1,6 +1,6 @@
 """``python -m sctrain.predict CKPT FILE [FILE ...]``: top-k keywords per file, or detections with ``--stream``.
 
-Files may have any sample rate, channel count and length (see :mod:`sctrain.infer`). A file that cannot
+Files may have any sample rate, channel count and length (see :mod:`sctrain.inference.predict`). A file that cannot
 be read gets a one-line error and the others are still scored; the exit status is then 2.
 """
 from __future__ import annotations
@@ -58,9 +58,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 
 def _stream_file(model, path: str, args: argparse.Namespace) -> dict:
-    from .data.speechcommands import SAMPLE_RATE
-    from .infer import read_audio
-    from .streaming import StreamingDetector
+    from sctrain.audio.constants import SAMPLE_RATE
+    from sctrain.audio.io import read_audio
+    from sctrain.inference.streaming import StreamingDetector
 
     wave = read_audio(path)
     detector = StreamingDetector(model, hop_ms=args.hop_ms, threshold=args.threshold, smooth=args.smooth,
@@ -89,8 +89,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname).1s %(name)s: %(message)s")
     import torch
 
-    from .checkpoint import CheckpointError
-    from .infer import AudioError, load_model, predict_file
+    from sctrain.audio.io import AudioError
+    from sctrain.inference.loading import load_model
+    from sctrain.inference.predict import predict_file
+    from sctrain.training.checkpoint.files import CheckpointError
 
     torch.set_num_threads(args.threads)
     try:

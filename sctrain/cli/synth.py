@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .data.speechcommands import LIST_FILES, DatasetError
-from .data.synthetic import WORDS, write_synthetic_dataset
+from sctrain.data.speechcommands import LIST_FILES, DatasetError
+from sctrain.data.synthetic import WORDS, write_synthetic_dataset
 
 
 def main(argv: Optional[list[str]] = None) -> int:

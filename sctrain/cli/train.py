@@ -13,7 +13,7 @@ EPILOG = """\
 overrides:
   Any config key can be set after the options as dotted.key=value; values are parsed to the key's type.
   Precedence: defaults < --config YAML < overrides.  Examples:
-    python -m sctrain --config configs/debug.yaml train.epochs=3 data.root=/data/sc model.width=16
+    python -m sctrain --config configs/debug.yaml train.epochs=3 data.root=/data/sc model.kwsnet.width=16
     accelerate launch --config_file launch/cpu2.yaml -m sctrain --config configs/debug.yaml
   Lists: tracking.tags=a,b   Null: tracking.entity=null
 
@@ -25,7 +25,7 @@ config sections (full reference with defaults: python -m sctrain --config-help):
 def _sections() -> str:
     import dataclasses
 
-    from .config import Config
+    from sctrain.config import Config
     return "\n".join(f"  {f.name:<10} {f.metadata['help']}" for f in dataclasses.fields(Config)
                      if f.name != "output_dir")
 
@@ -34,11 +34,24 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m sctrain", description="Train a keyword-spotting CNN on Speech Commands.",
         epilog=EPILOG.format(sections=_sections()), formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML run config (see configs/)")
-    parser.add_argument("--config-help", action="store_true", help="print every config key with its default and meaning")
+    parser.add_argument("--config", action=_Once, help="YAML run config (see configs/)")
+    parser.add_argument("--config-help", action="store_true",
+                        help="print every config key with its default and meaning")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--list-models", action="store_true", help="print the registered model families and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    return parser.parse_args(argv)
+    # Intermixed: options may come after the overrides too (python -m sctrain key=value --print-config).
+    return parser.parse_intermixed_args(argv)
+
+
+class _Once(argparse.Action):
+    """An option that may be given once: a second --config would silently replace the first."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest) is not None:
+            parser.error(f"{option_string} given twice ({getattr(namespace, self.dest)} and {values}); "
+                         "pass one file and put the other's settings in it or in key=value overrides")
+        setattr(namespace, self.dest, values)
 
 
 def setup_logging(rank: int) -> None:
@@ -53,13 +66,18 @@ def setup_logging(rank: int) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
-    from .config import ConfigError, describe, load_config
-    from .runtime import env_rank
+    from sctrain.config import ConfigError, describe, load_config
+    from sctrain.training.distributed import env_rank
 
     rank = env_rank()
     setup_logging(rank)
     if args.config_help:
         print(describe())
+        return 0
+    if args.list_models:
+        from sctrain.models.registry import get_family, list_models
+        for name in list_models():
+            print(f"  {name:<12} {get_family(name).doc.splitlines()[0] if get_family(name).doc else ''}")
         return 0
     try:
         cfg = load_config(args.config, args.overrides)
@@ -67,15 +85,15 @@ def main(argv: Optional[list[str]] = None) -> int:
             import yaml
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
             return 0
-        from .train import train
+        from sctrain.training.trainer import train
         results = train(cfg)
     except KeyboardInterrupt:
         print("sctrain: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - user-facing errors become one line, the rest a traceback
-        from .checkpoint import CheckpointError
-        from .data.speechcommands import DatasetError
-        from .runtime import OtherRankFailed
+        from sctrain.data.speechcommands import DatasetError
+        from sctrain.training.checkpoint.files import CheckpointError
+        from sctrain.training.distributed import OtherRankFailed
         if isinstance(e, OtherRankFailed):
             return EXIT_ERROR
         if isinstance(e, (ConfigError, DatasetError, CheckpointError)):

@@ -1,4 +1,4 @@
-"""``python -m sctrain.export CKPT --format onnx|torchscript``: a deployable model file, checked against PyTorch.
+"""Export a checkpoint to ONNX or TorchScript (``python -m sctrain.export``), checked against PyTorch.
 
 Two inputs (``--input``):
 
@@ -6,11 +6,11 @@ Two inputs (``--input``):
   The log-mel front end is inside the graph (the ONNX graph uses the standard ``STFT`` operator, opset
   17+), so a consumer needs nothing but the runtime.
 - ``logmel``: ``float32 [batch, 1, n_mels, frames]``, the per-clip normalised log-mel that
-  :class:`sctrain.features.LogMel` computes (its parameters are in the metadata), for runtimes that
+  :class:`sctrain.audio.features.LogMel` computes (its parameters are in the metadata), for runtimes that
   compute features themselves, e.g. incrementally in a stream.
 
 ONNX files are exported from the module as trained (ONNX Runtime folds BatchNorm and picks layouts
-itself); TorchScript files are traced from :class:`sctrain.infer.FastNet`, the CPU inference copy.
+itself); TorchScript files are traced from :attr:`LoadedModel.cpu_net`, the family's CPU inference copy.
 
 Output ``logits``: ``float32 [batch, labels]``. The file's metadata (ONNX ``metadata_props``, TorchScript
 ``_extra_files``) carries ``sctrain.labels`` (JSON list, in logit order), ``sctrain.input``,
@@ -20,13 +20,11 @@ no file, unless every argmax agrees and the largest logit difference is within `
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib
 import json
 import logging
 import os
-import sys
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -34,8 +32,12 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .data.speechcommands import BACKGROUND_DIR, CLIP_SAMPLES, SAMPLE_RATE
-from .infer import LoadedModel, file_windows, read_audio
+from sctrain.audio.constants import CLIP_SAMPLES, SAMPLE_RATE, frames_per_clip
+from sctrain.audio.io import read_audio
+from sctrain.data.speechcommands import BACKGROUND_DIR
+from sctrain.inference.loading import LoadedModel
+from sctrain.inference.predict import file_windows
+from sctrain.utils import temp_name
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ class ExportError(RuntimeError):
 def input_shape(model: LoadedModel, kind: str) -> list:
     if kind == "audio":
         return ["batch", CLIP_SAMPLES]
-    frames = CLIP_SAMPLES // model.config.features.hop_length + 1
+    frames = frames_per_clip(model.config.features.hop_length)
     return ["batch", 1, model.config.features.n_mels, frames]
 
 
@@ -87,7 +89,7 @@ def _example(model: LoadedModel, kind: str, batch: int = 2) -> torch.Tensor:
 
 def _module(model: LoadedModel, kind: str, fast: bool = False) -> torch.nn.Module:
     if fast:
-        return (model.fast_classifier if kind == "audio" else model.fast_net).eval()
+        return (model.cpu_classifier if kind == "audio" else model.cpu_net).eval()
     return (model.classifier if kind == "audio" else model.net).eval()
 
 
@@ -139,7 +141,7 @@ def export_onnx(model: LoadedModel, out: str | Path, kind: str = "audio") -> Pat
 def export_torchscript(model: LoadedModel, out: str | Path, kind: str = "audio") -> Path:
     """Write a traced, frozen TorchScript file with the :func:`metadata` as ``_extra_files``.
 
-    Traced from the CPU inference copy of the network (:class:`sctrain.infer.FastNet`: the layouts it
+    Traced from the CPU inference copy of the network (:attr:`LoadedModel.cpu_net`: the layouts it
     picks are baked into the graph, which runs ~30 % faster than a trace of the module as trained).
     """
     out = Path(out)
@@ -259,7 +261,7 @@ def write_checked(model: LoadedModel, out: Path, fmt: str, kind: str, audio: np.
     """Export to a temporary name next to ``out``, check parity, then rename into place: a file that
     fails the check is deleted and never replaces an earlier good export."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".tmp{os.getpid()}-{out.name}")  # same suffix: load_exported picks the runtime by it
+    tmp = temp_name(out, keep_suffix=True)  # load_exported picks the runtime by the suffix
     try:
         (export_onnx if fmt == "onnx" else export_torchscript)(model, tmp, kind)
         result = check_parity(model, load_exported(tmp), audio, atol, shown=out)
@@ -269,61 +271,6 @@ def write_checked(model: LoadedModel, out: Path, fmt: str, kind: str, audio: np.
     return result
 
 
-# ---------------------------------------------------------------------------------------------- CLI
-
 def default_out(checkpoint: Path, fmt: str, kind: str) -> Path:
     stem = checkpoint.name.removesuffix(".pt")
     return checkpoint.with_name(stem + ("" if kind == "audio" else ".logmel") + SUFFIX[fmt])
-
-
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m sctrain.export", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Export a best_sc.pt to ONNX or TorchScript and check it against PyTorch on real clips.",
-        epilog=__doc__[__doc__.index("Two inputs"):])
-    p.add_argument("checkpoint", help="best_sc.pt written by training")
-    p.add_argument("--format", choices=FORMATS, required=True, help="onnx (needs sctrain[deploy]) or torchscript")
-    p.add_argument("--input", choices=INPUTS, default="audio",
-                   help="audio: raw 16 kHz [batch, 16000], features in the graph (default); "
-                        "logmel: [batch, 1, n_mels, frames]")
-    p.add_argument("--out", help="output file (default: next to the checkpoint, e.g. best_sc.onnx)")
-    p.add_argument("--check-audio", nargs="+", metavar="PATH",
-                   help="real clips (files or folders) for the parity check (default: the checkpoint's data.root)")
-    p.add_argument("--check-clips", type=int, default=32, help="clips used for the parity check (default 32)")
-    p.add_argument("--atol", type=float, default=1e-3, help="largest allowed |logit difference| (default 1e-3)")
-    args = p.parse_args(argv)
-    if args.check_clips < 1:
-        p.error(f"--check-clips must be >= 1, got {args.check_clips}")
-    return args
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname).1s %(name)s: %(message)s")
-    from .checkpoint import CheckpointError
-    from .infer import AudioError, load_model
-
-    try:
-        if args.format == "onnx":
-            require("onnx", "onnxscript", "onnxruntime")  # before any work: parity needs the runtime too
-        model = load_model(args.checkpoint)
-        sources = args.check_audio or [model.config.data.root]
-        clips = find_clips(sources, args.check_clips)
-        if not clips:
-            raise ExportError(f"no audio clips for the parity check in {', '.join(map(str, sources))}: "
-                              "pass --check-audio FILE_OR_FOLDER")
-        audio = clip_batch(clips)
-        out = Path(args.out) if args.out else default_out(Path(args.checkpoint), args.format, args.input)
-        result = write_checked(model, out, args.format, args.input, audio, args.atol)
-    except (CheckpointError, AudioError, ExportError) as e:
-        print(f"sctrain: error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {out} ({args.format}, input {args.input}, {len(model.labels)} labels, "
-          f"{out.stat().st_size / 1e6:.2f} MB)")
-    print(f"parity on {result['clips']} real clips: max |logit diff| = {result['max_abs_diff']:.3g}, "
-          f"argmax agrees {result['argmax_agree']}/{result['clips']}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

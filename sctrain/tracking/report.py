@@ -8,10 +8,8 @@ so it never opens a window or changes the pyplot backend of the calling process.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -269,27 +267,3 @@ def write_report_or_skip(output_dir: str | Path) -> Optional[list[Path]]:
         return None
     log.info("report: %s", Path(output_dir) / "report.md")
     return paths
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m sctrain.report",
-        description="Regenerate the PNG plots and report.md of a run from its metrics.jsonl (+ results.json).")
-    parser.add_argument("output_dir", help="the run's output_dir (holds metrics.jsonl)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname).1s %(name)s: %(message)s")
-    try:
-        paths = write_report(args.output_dir)
-    except ReportError as e:
-        print(f"sctrain.report: error: {e}", file=sys.stderr)
-        return 2
-    except MatplotlibMissing as e:
-        print(f"sctrain.report: error: {e}", file=sys.stderr)
-        return 2
-    for path in paths:
-        print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

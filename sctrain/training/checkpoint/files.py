@@ -15,9 +15,11 @@ import shutil
 import time
 import zipfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Optional
+from typing import Any, Optional
 
 import torch
+
+from sctrain.utils import atomic_write, first_line, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -30,43 +32,9 @@ class CheckpointError(RuntimeError):
     """A missing, truncated, corrupt or foreign checkpoint; the message names the file."""
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` to ``path`` via a temporary file in the same folder and an atomic rename."""
     atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
-    """``write(f)`` into a temporary file next to ``path``, synced, then renamed over ``path``: a kill at
-    any moment leaves the old file or the new one, never a mix."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-    for stale in path.parent.glob(f".{path.name}.tmp*"):  # left by a writer killed mid-save
-        stale.unlink(missing_ok=True)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:160] if text else type(e).__name__
 
 
 def safe_load(path: str | Path, expected_format: str) -> dict:
@@ -81,10 +49,10 @@ def safe_load(path: str | Path, expected_format: str) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({_first_line(e)})") from None
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({first_line(e)})") from None
     except Exception as e:  # noqa: BLE001 - pickle errors of many kinds: all mean "not ours"
         raise CheckpointError(f"checkpoint {path} cannot be loaded safely ({type(e).__name__}: "
-                              f"{_first_line(e)})") from None
+                              f"{first_line(e)})") from None
     if not isinstance(obj, dict) or obj.get("format") != expected_format:
         found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
         raise CheckpointError(f"checkpoint {path} is not an {expected_format} checkpoint (format: {found!r})")
@@ -166,7 +134,7 @@ def save_state(output_dir: str | Path, step: int, payload: dict, keep_last: int)
         shutil.rmtree(aside, ignore_errors=True)
         os.rename(final, aside)
     os.rename(tmp, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
     for old in list_states(output_dir)[keep_last:]:
