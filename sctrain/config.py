@@ -5,8 +5,10 @@ wrong types and out-of-range values raise :class:`ConfigError` with a one-line m
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -261,6 +263,9 @@ def _coerce(value: Any, tp: Any, key: str, from_text: bool) -> Any:
                 pass
         elif tp is not str:
             value = yaml.safe_load(value)
+    elif tp is float and isinstance(value, str):  # the same '1e-3' in a YAML file: take it as the command line does
+        with contextlib.suppress(ValueError):
+            value = float(value)
     if value is None:
         if optional:
             return None
@@ -273,7 +278,13 @@ def _coerce(value: Any, tp: Any, key: str, from_text: bool) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an int beyond the float range
+                number = math.inf
+            # inf and nan would slip past range checks written as comparisons (inf >= 0 holds; nan fails them all)
+            _require(math.isfinite(number), key, f"must be a finite number, got {number}")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -375,15 +386,46 @@ def _apply_text(cls: type, values: dict, prefix: str = "") -> dict:
     return out
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML would silently keep the last one)."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._checked: set = set()
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        # Checked here, before '<<' merges are spliced into node.value (a key overriding a merged one is no
+        # duplicate), and once per node: a merge source is flattened again by every mapping that merges it.
+        if node not in self._checked:
+            self._checked.add(node)
+            lines: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+                with contextlib.suppress(TypeError):  # an unhashable key: SafeConstructor reports it
+                    if key in lines:
+                        where = f"lines {lines[key]} and {line}" if lines[key] != line else f"twice on line {line}"
+                        raise yaml.constructor.ConstructorError(problem=f"duplicate key {key!r} ({where})")
+                    lines[key] = line
+        super().flatten_mapping(node)
+
+
 def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> Config:
     """Defaults, then the YAML file at ``path``, then ``key=value`` overrides; strict throughout."""
     values: dict = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"config file {path} is a folder, not a YAML file")
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = yaml.load(path.read_bytes(), Loader=_StrictLoader)  # bytes: PyYAML decodes (and checks) them
+        except yaml.reader.ReaderError as e:  # not UTF-8/16, or control characters: binary, e.g. a gzip file
+            what = (f"control character U+{e.character:04X} at offset {e.position}" if e.encoding == "unicode"
+                    else f"byte 0x{e.character:02x} at offset {e.position} is not {e.encoding}")
+            raise ConfigError(f"config file {path} is not a text YAML file ({what})") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {path} is not valid YAML: {first_line(e)}") from None
         if loaded is None:

@@ -55,9 +55,12 @@ def first_line(e: BaseException, limit: int = 160) -> str:
     """The first line of an exception's text, cut at a word boundary near ``limit`` characters; the
     exception's type name when it has no text. Library errors often run to many lines; ours are one."""
     text = " ".join((getattr(e, "error_string", None) or str(e)).strip().splitlines()[:1]).strip()
-    if not text:
-        return type(e).__name__
+    return shorten(text, limit) if text else type(e).__name__
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters at a word boundary, marked with '...'."""
     if len(text) <= limit:
         return text
-    cut = text[:limit].rsplit(" ", 1)[0]
-    return (cut if len(cut) > limit // 2 else text[:limit]).rstrip(" ,;:") + "..."
+    cut = text[: limit - 3].rsplit(" ", 1)[0]
+    return (cut if len(cut) > limit // 2 else text[: limit - 3]).rstrip(" ,;:") + "..."
