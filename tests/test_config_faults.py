@@ -12,9 +12,11 @@ import pytest
 import torch
 import yaml
 
-from sctrain import checkpoint, config
-from sctrain.training.checkpoint.files import CheckpointError
+from sctrain import config
 from sctrain.config import Config, ConfigError, load_config
+from sctrain.training.checkpoint import files as checkpoint
+from sctrain.training.checkpoint.files import CheckpointError
+from sctrain.utils import shorten
 
 
 def one_line_error(exc_type: type, call, *args) -> str:
@@ -204,7 +206,7 @@ def test_real_checkpoints_still_load(tmp_path):
 
 @pytest.mark.parametrize("text, limit", [("word " * 60, 120), ("a" * 50 + " tail", 30), ("one two three", 11)])
 def test_long_reasons_are_cut_at_a_word_boundary(text, limit):
-    short = checkpoint._shorten(text, limit)
+    short = shorten(text, limit)
     assert len(short) <= limit and short.endswith("...")
     kept = short[:-3]
     assert text.startswith(kept) and (text[len(kept)] == " " or " " not in text[:limit])
