@@ -1,94 +1,34 @@
-"""``python -m sctrain --config FILE [dotted.key=value ...]`` (also under ``accelerate launch -m sctrain``)."""
+"""``python -m sctrain [SUBCOMMAND] ...`` and the ``sctrain`` console script.
+
+Without a subcommand (``python -m sctrain --config FILE``, also under ``accelerate launch -m sctrain``) it
+trains; ``sctrain predict|export|report|synth|bench|streameval ...`` run the other entry points, each
+also reachable as ``python -m sctrain.<name>``.
+"""
 from __future__ import annotations
 
-import argparse
-import logging
-import os
+import importlib
 import sys
 from typing import Optional
 
-EXIT_ERROR = 2
-
-EPILOG = """\
-overrides:
-  Any config key can be set after the options as dotted.key=value; values are parsed to the key's type.
-  Precedence: defaults < --config YAML < overrides.  Examples:
-    python -m sctrain --config configs/debug.yaml train.epochs=3 data.root=/data/sc model.width=16
-    accelerate launch --config_file launch/cpu2.yaml -m sctrain --config configs/debug.yaml
-  Lists: tracking.tags=a,b   Null: tracking.entity=null
-
-config sections (full reference with defaults: python -m sctrain --config-help):
-{sections}
-"""
-
-
-def _sections() -> str:
-    import dataclasses
-
-    from .config import Config
-    return "\n".join(f"  {f.name:<10} {f.metadata['help']}" for f in dataclasses.fields(Config)
-                     if f.name != "output_dir")
-
-
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m sctrain", description="Train a keyword-spotting CNN on Speech Commands.",
-        epilog=EPILOG.format(sections=_sections()), formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML run config (see configs/)")
-    parser.add_argument("--config-help", action="store_true", help="print every config key with its default and meaning")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    return parser.parse_args(argv)
-
-
-def setup_logging(rank: int) -> None:
-    # Other ranks only speak up for warnings: one copy of every progress line.
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format="%(asctime)s %(levelname).1s %(name)s: %(message)s" if rank == 0
-                        else f"%(asctime)s %(levelname).1s [rank {rank}] %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    for noisy in ("torch._dynamo", "torch._inductor", "accelerate"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+SUBCOMMANDS = {
+    "train": ("sctrain.cli.train", "train a model (the default: python -m sctrain --config FILE)"),
+    "predict": ("sctrain.cli.predict", "classify audio files, or spot keywords in them with --stream"),
+    "export": ("sctrain.cli.export", "export a checkpoint to ONNX or TorchScript, checked against PyTorch"),
+    "report": ("sctrain.cli.report", "regenerate a run's plots and report.md"),
+    "synth": ("sctrain.cli.synth", "write a generated SpeechCommands-layout dataset"),
+    "bench": ("sctrain.bench.__main__", "benchmarks: pipeline, scaling, latency"),
+}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = parse_args(argv)
-    from .config import ConfigError, describe, load_config
-    from .runtime import env_rank
-
-    rank = env_rank()
-    setup_logging(rank)
-    if args.config_help:
-        print(describe())
+    argv = sys.argv[1:] if argv is None else list(argv)
+    name = argv[0] if argv and argv[0] in SUBCOMMANDS else "train"
+    if argv and argv[0] in ("commands", "--commands"):
+        for command, (_, text) in SUBCOMMANDS.items():
+            print(f"  {command:<10} {text}")
         return 0
-    try:
-        cfg = load_config(args.config, args.overrides)
-        if args.print_config:
-            import yaml
-            print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
-            return 0
-        from .train import train
-        results = train(cfg)
-    except KeyboardInterrupt:
-        print("sctrain: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # noqa: BLE001 - user-facing errors become one line, the rest a traceback
-        from .checkpoint import CheckpointError
-        from .data.speechcommands import DatasetError
-        from .runtime import OtherRankFailed
-        if isinstance(e, OtherRankFailed):
-            return EXIT_ERROR
-        if isinstance(e, (ConfigError, DatasetError, CheckpointError)):
-            if rank == 0 or not isinstance(e, ConfigError):  # config errors are identical on every rank
-                print(f"sctrain: error: {e}", file=sys.stderr)
-            return EXIT_ERROR
-        raise
-    if rank == 0:
-        keys = ("val_acc", "test_acc", "latency_ms_p50", "train_clips_per_s", "params")
-        summary = "  ".join(f"{k}={results[k]:.4g}" if isinstance(results.get(k), float) else f"{k}={results.get(k)}"
-                            for k in keys)
-        print(f"sctrain: done. {summary}\nsctrain: outputs in {os.path.abspath(cfg.output_dir)}")
-    return 0
+    rest = argv[1:] if argv and argv[0] == name else argv
+    return int(importlib.import_module(SUBCOMMANDS[name][0]).main(rest) or 0)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@ wrong types and out-of-range values raise :class:`ConfigError` with a one-line m
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -14,6 +16,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+
+from sctrain.utils import first_line
 
 
 class ConfigError(ValueError):
@@ -34,14 +38,20 @@ def _require(ok: bool, key: str, message: str) -> None:
 
 @dataclass
 class DataConfig:
-    root: str = doc("./_sc_data", "folder holding (or receiving) the SpeechCommands layout; packed arrays are cached inside it")
+    root: str = doc("./_sc_data", "folder holding (or receiving) the SpeechCommands layout; packed arrays are cached "
+                                  "inside it")
     version: str = doc("v0.02", "SpeechCommands release to download when root is empty: v0.01 or v0.02")
     download: bool = doc(True, "download and extract the dataset when root holds no SpeechCommands layout")
-    task: str = doc("all", "label set: 'all' (every word folder present, sorted) or 'kws12' (10 words + _unknown_ + _silence_)")
-    kws12_unknown_ratio: float = doc(1.0, "kws12: _unknown_ clips kept per split, as a multiple of the mean keyword class size (1.0 = balanced); <=0 keeps all")
-    kws12_silence_ratio: float = doc(1.0, "kws12: _silence_ clips cut from background noise per split, as a multiple of the mean keyword class size")
-    cache_dir: Optional[str] = doc(None, "where packed arrays are cached (e.g. a node-local SSD); null = <root>/.sctrain_cache, or ~/.cache/sctrain when root is read-only")
-    skip_bad_clips: bool = doc(False, "skip unreadable/empty/non-16kHz-mono clips (count printed) instead of stopping with an error")
+    task: str = doc("all", "label set: 'all' (every word folder present, sorted) or 'kws12' (10 words + _unknown_ + "
+                           "_silence_)")
+    kws12_unknown_ratio: float = doc(1.0, "kws12: _unknown_ clips kept per split, as a multiple of the mean keyword "
+                                          "class size (1.0 = balanced); <=0 keeps all")
+    kws12_silence_ratio: float = doc(1.0, "kws12: _silence_ clips cut from background noise per split, as a multiple "
+                                          "of the mean keyword class size")
+    cache_dir: Optional[str] = doc(None, "where packed arrays are cached (e.g. a node-local SSD); null = "
+                                         "<root>/.sctrain_cache, or ~/.cache/sctrain when root is read-only")
+    skip_bad_clips: bool = doc(False, "skip unreadable/empty/non-16kHz-mono clips (count printed) instead of "
+                                      "stopping with an error")
     pack_workers: int = doc(0, "processes that decode WAVs when packing (0 = one per CPU core)")
     num_workers: int = doc(2, "DataLoader worker processes per rank (packed arrays make 0-2 enough on most machines)")
     pin_memory: bool = doc(True, "pin host batches for faster copies to a GPU (ignored on the CPU)")
@@ -98,14 +108,38 @@ class AugmentConfig:
         _require(self.mixup_alpha > 0, "augment.mixup_alpha", "must be > 0")
 
 
+# ------------------------------------------------------------------------- model families (one section each)
+# A family registered in sctrain.models.registry has its section here, under the same name; tests check
+# that the two lists agree.
+
 @dataclass
-class ModelConfig:
+class KWSNetConfig:
     width: int = doc(32, "channels of the first conv block; blocks use width, 2w, 4w, 8w")
     dropout: float = doc(0.1, "dropout before the linear head")
 
     def __post_init__(self) -> None:
-        _require(self.width >= 1, "model.width", f"must be >= 1, got {self.width}")
-        _require(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+        _require(self.width >= 1, "model.kwsnet.width", f"must be >= 1, got {self.width}")
+        _require(0.0 <= self.dropout < 1.0, "model.kwsnet.dropout", "must be in [0, 1)")
+
+
+class _Sections:
+    """Fills every nested section left unset with its defaults (a dataclass mixin)."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if dataclasses.is_dataclass(_field_type(type(self), f)) and getattr(self, f.name) is None:
+                setattr(self, f.name, _field_type(type(self), f)())
+
+
+@dataclass
+class ModelConfig(_Sections):
+    name: str = doc("kwsnet", "model family (python -m sctrain --list-models); its settings are in model.<name>")
+    kwsnet: KWSNetConfig = doc(None, "the seed's CNN: four 3x3 conv blocks, global average pool, linear head")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        families = [f.name for f in dataclasses.fields(self) if f.name != "name"]
+        _require(self.name in families, "model.name", f"must be one of {', '.join(families)}, got {self.name!r}")
 
 
 @dataclass
@@ -128,7 +162,9 @@ class TrainConfig:
     log_every: int = doc(20, "steps between training-metric log lines")
     checkpoint_every: int = doc(200, "steps between full training-state saves (0 = only at epoch ends)")
     keep_last: int = doc(2, "training states kept in output_dir/state (older ones are deleted)")
-    resume: str = doc("auto", "'auto' (resume from output_dir/state when present), 'never' (start over; earlier states move to output_dir/state.replaced-*), or a state folder to start from (output_dir's own states win once they exist)")
+    resume: str = doc("auto", "'auto' (resume from output_dir/state when present), 'never' (start over; earlier "
+                              "states move to output_dir/state.replaced-*), or a state folder to start from "
+                              "(output_dir's own states win once they exist)")
     max_steps: int = doc(0, "stop after this many steps (0 = no limit; for smoke tests)")
 
     def __post_init__(self) -> None:
@@ -138,12 +174,15 @@ class TrainConfig:
         _require(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
         _require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]")
         _require(self.warmup_epochs >= 0, "train.warmup_epochs", "must be >= 0")
-        _require(self.schedule in ("cosine", "constant"), "train.schedule", f"must be cosine or constant, got {self.schedule!r}")
+        _require(self.schedule in ("cosine", "constant"), "train.schedule", f"must be cosine or constant, got "
+                                                                            f"{self.schedule!r}")
         _require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
         _require(0 <= self.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)")
         _require(self.grad_clip >= 0, "train.grad_clip", "must be >= 0")
-        _require(self.balance in ("sampler", "loss", "none"), "train.balance", f"must be sampler, loss or none, got {self.balance!r}")
-        _require(self.precision in ("auto", "no", "bf16", "fp16"), "train.precision", f"must be auto, no, bf16 or fp16, got {self.precision!r}")
+        _require(self.balance in ("sampler", "loss", "none"), "train.balance", f"must be sampler, loss or none, got "
+                                                                               f"{self.balance!r}")
+        _require(self.precision in ("auto", "no", "bf16", "fp16"), "train.precision", f"must be auto, no, bf16 or "
+                                                                                      f"fp16, got {self.precision!r}")
         _require(self.log_every >= 1, "train.log_every", "must be >= 1")
         _require(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
         _require(self.keep_last >= 1, "train.keep_last", "must be >= 1")
@@ -170,31 +209,27 @@ class TrackingConfig:
 
 
 @dataclass
-class BenchConfig:
-    latency: bool = doc(True, "benchmark inference latency with the best checkpoint at the end of training")
+class LatencyConfig:
+    enabled: bool = doc(True, "time inference of the best checkpoint on the CPU (and GPU) at the end of training")
     large_batch: int = doc(256, "batch size of the throughput measurement")
     iters: int = doc(50, "timed iterations per latency measurement (after warm-up)")
 
     def __post_init__(self) -> None:
-        _require(self.large_batch >= 1, "bench.large_batch", "must be >= 1")
-        _require(self.iters >= 1, "bench.iters", "must be >= 1")
+        _require(self.large_batch >= 1, "latency.large_batch", "must be >= 1")
+        _require(self.iters >= 1, "latency.iters", "must be >= 1")
 
 
 @dataclass
-class Config:
+class Config(_Sections):
     output_dir: str = doc("runs/sc", "run folder: config.yaml, metrics.jsonl, best_sc.pt, results.json, state/")
     data: DataConfig = doc(None, "dataset location, label set and loading", init=True)
     features: FeatureConfig = doc(None, "log-mel front end (runs on the training device)")
     augment: AugmentConfig = doc(None, "training-only augmentation (runs on the training device)")
-    model: ModelConfig = doc(None, "the CNN")
+    model: ModelConfig = doc(None, "the network: its family and that family's settings")
     train: TrainConfig = doc(None, "optimisation, precision, balance, checkpointing")
     tracking: TrackingConfig = doc(None, "Weights & Biases and the local report")
-    bench: BenchConfig = doc(None, "end-of-run latency benchmark")
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            if dataclasses.is_dataclass(_field_type(Config, f)) and getattr(self, f.name) is None:
-                setattr(self, f.name, _field_type(Config, f)())
+    latency: LatencyConfig = doc(None, "end-of-run inference latency of the best checkpoint (python -m sctrain.bench "
+                                       "latency times more backends)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -228,6 +263,9 @@ def _coerce(value: Any, tp: Any, key: str, from_text: bool) -> Any:
                 pass
         elif tp is not str:
             value = yaml.safe_load(value)
+    elif tp is float and isinstance(value, str):  # the same '1e-3' in a YAML file: take it as the command line does
+        with contextlib.suppress(ValueError):
+            value = float(value)
     if value is None:
         if optional:
             return None
@@ -240,7 +278,13 @@ def _coerce(value: Any, tp: Any, key: str, from_text: bool) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an int beyond the float range
+                number = math.inf
+            # inf and nan would slip past range checks written as comparisons (inf >= 0 holds; nan fails them all)
+            _require(math.isfinite(number), key, f"must be a finite number, got {number}")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -306,7 +350,7 @@ def _merge(base: dict, overrides: list[str]) -> dict:
         key, text = item.split("=", 1)
         key = key.strip().lstrip("-")
         if key not in _all_keys():
-            if key in {f.name for f in dataclasses.fields(Config)}:
+            if any(k.startswith(key + ".") for k in _all_keys()):
                 raise ConfigError(f"config key '{key}' is a section; override one of its keys, e.g. '{key}.<name>=...'")
             raise _unknown(key)
         node = base
@@ -342,17 +386,48 @@ def _apply_text(cls: type, values: dict, prefix: str = "") -> dict:
     return out
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML would silently keep the last one)."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._checked: set = set()
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        # Checked here, before '<<' merges are spliced into node.value (a key overriding a merged one is no
+        # duplicate), and once per node: a merge source is flattened again by every mapping that merges it.
+        if node not in self._checked:
+            self._checked.add(node)
+            lines: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+                with contextlib.suppress(TypeError):  # an unhashable key: SafeConstructor reports it
+                    if key in lines:
+                        where = f"lines {lines[key]} and {line}" if lines[key] != line else f"twice on line {line}"
+                        raise yaml.constructor.ConstructorError(problem=f"duplicate key {key!r} ({where})")
+                    lines[key] = line
+        super().flatten_mapping(node)
+
+
 def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> Config:
     """Defaults, then the YAML file at ``path``, then ``key=value`` overrides; strict throughout."""
     values: dict = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"config file {path} is a folder, not a YAML file")
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = yaml.load(path.read_bytes(), Loader=_StrictLoader)  # bytes: PyYAML decodes (and checks) them
+        except yaml.reader.ReaderError as e:  # not UTF-8/16, or control characters: binary, e.g. a gzip file
+            what = (f"control character U+{e.character:04X} at offset {e.position}" if e.encoding == "unicode"
+                    else f"byte 0x{e.character:02x} at offset {e.position} is not {e.encoding}")
+            raise ConfigError(f"config file {path} is not a text YAML file ({what})") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+            raise ConfigError(f"config file {path} is not valid YAML: {first_line(e)}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -364,8 +439,25 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
 
 
 def config_from_dict(values: dict) -> Config:
-    """Rebuild a config saved with :meth:`Config.to_dict` (e.g. from a checkpoint); strict."""
-    return _build(Config, values, "", from_text=False)
+    """Rebuild a config saved with :meth:`Config.to_dict` (e.g. from a checkpoint); strict.
+
+    Configs saved before the model registry (``model.width``, section ``bench``) are read as what they
+    meant then: a ``kwsnet`` and the ``latency`` section.
+    """
+    return _build(Config, upgrade_saved(values), "", from_text=False)
+
+
+def upgrade_saved(values: dict) -> dict:
+    """A saved config dict in the current layout (a copy; the input is left as it is)."""
+    values = dict(values)
+    model = values.get("model")
+    if isinstance(model, dict) and "name" not in model and set(model) <= {"width", "dropout"}:
+        values["model"] = {"name": "kwsnet", "kwsnet": dict(model)}
+    bench = values.get("bench")
+    if isinstance(bench, dict) and "latency" not in values:
+        values.pop("bench")
+        values["latency"] = {("enabled" if k == "latency" else k): v for k, v in bench.items()}
+    return values
 
 
 def dump_config(cfg: Config, path: str | Path) -> None:
@@ -374,14 +466,17 @@ def dump_config(cfg: Config, path: str | Path) -> None:
 
 def describe() -> str:
     """The config reference: every key with its default and one-line description."""
+    return "\n".join(_describe(Config, ""))
+
+
+def _describe(cls: type, prefix: str) -> list[str]:
     lines = []
-    for f in dataclasses.fields(Config):
-        tp = _field_type(Config, f)
+    for f in dataclasses.fields(cls):
+        tp, key = _field_type(cls, f), prefix + f.name
         if dataclasses.is_dataclass(tp):
-            lines.append(f"\n{f.name}: {f.metadata['help']}")
-            for sub in dataclasses.fields(tp):
-                default = sub.default if sub.default is not dataclasses.MISSING else sub.default_factory()
-                lines.append(f"  {f.name}.{sub.name} = {default!r}\n      {sub.metadata['help']}")
+            lines.append(f"\n{key}: {f.metadata['help']}")
+            lines += _describe(tp, key + ".")
         else:
-            lines.append(f"{f.name} = {f.default!r}\n      {f.metadata['help']}")
-    return "\n".join(lines)
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"{'  ' if prefix else ''}{key} = {default!r}\n      {f.metadata['help']}")
+    return lines

@@ -10,12 +10,12 @@ from sctrain.data.synthetic import write_synthetic_dataset
 
 @pytest.fixture(params=["cpu_kernels", "pytorch"])
 def cpu_implementation(request, monkeypatch) -> str:
-    """Runs a test once with the compiled CPU kernels (sctrain.cpu_kernels) and once with the PyTorch ops
+    """Runs a test once with the compiled CPU kernels (sctrain.audio.cpu_kernels) and once with the PyTorch ops
     that GPUs use: the two must agree. The kernels' run is skipped where they are not built."""
-    from sctrain import cpu_kernels
+    from sctrain.audio import cpu_kernels
 
     if request.param == "cpu_kernels" and cpu_kernels._cpu_kernels is None:
-        pytest.skip("sctrain._cpu_kernels is not built (no C compiler at install time)")
+        pytest.skip("sctrain.audio._cpu_kernels is not built (no C compiler at install time)")
     monkeypatch.setenv(cpu_kernels.DISABLE_ENV, "1" if request.param == "cpu_kernels" else "0")
     return request.param
 
@@ -44,7 +44,7 @@ INFER_MODEL_OVERRIDES = [
     "data.task=kws12", "data.num_workers=0", "features.n_mels=40", "features.hop_length=320",
     "augment.mask_p=0", "augment.shift_p=1.0", "augment.shift_max_ms=150", "train.epochs=8",
     "train.batch_size=32", "train.lr=0.01", "train.checkpoint_every=0",
-    "bench.latency=false", "tracking.report=false", "tracking.log_examples=0", "tracking.mode=disabled",
+    "latency.enabled=false", "tracking.report=false", "tracking.log_examples=0", "tracking.mode=disabled",
 ]
 
 
@@ -57,7 +57,7 @@ def trained_checkpoint(mini_root, tmp_path_factory) -> Path:
     import torch
 
     from sctrain.config import load_config
-    from sctrain.train import train
+    from sctrain.training.trainer import train
 
     out = tmp_path_factory.mktemp("infer_model")
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs/debug.yaml",

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sctrain.config import load_config
-from sctrain.train import train
+from sctrain.training.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
 MIN_TEST_ACC = 0.75
@@ -22,7 +22,7 @@ def test_mini_recipe_reaches_75_percent_on_real_speech(mini_root, tmp_path):
     out = tmp_path / "run"
     cfg = load_config(REPO / "configs/mini.yaml", [
         f"data.root={mini_root}", f"output_dir={out}", "train.seed=0",
-        "bench.latency=false", "tracking.report=false", "tracking.log_examples=0"])
+        "latency.enabled=false", "tracking.report=false", "tracking.log_examples=0"])
     results = train(cfg)
 
     saved = json.loads((out / "results.json").read_text())

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sctrain import checkpoint
-from sctrain.checkpoint import CheckpointError
-from sctrain.checkpointer import Checkpointer, Progress
-from sctrain.stopping import GracefulStop
+from sctrain.training.checkpoint import files as checkpoint
+from sctrain.training.checkpoint.files import CheckpointError
+from sctrain.training.checkpoint.policy import Checkpointer, Progress
+from sctrain.training.stopping import GracefulStop
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -132,7 +132,7 @@ def test_corrupt_newest_state_is_reported_and_the_previous_used(tmp_path, caplog
     write_state(tmp_path, 2)
     newest = write_state(tmp_path, 4) / "state.pt"
     newest.write_bytes(newest.read_bytes()[:100])
-    with caplog.at_level(logging.WARNING, logger="sctrain.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="sctrain.training.checkpoint.files"):
         path, state = checkpoint.load_latest_state(tmp_path)
     assert path.name == "step_000000002" and state["progress"]["global_step"] == 2
     assert "step_000000004/state.pt is truncated or corrupt" in caplog.text and "previous state" in caplog.text
@@ -234,7 +234,7 @@ def test_cli_reports_a_corrupt_resume_checkpoint_in_one_line(synthetic_root, tmp
     (bad / "state.pt").write_bytes(b"PK\x03\x04" + os.urandom(200))
     result = subprocess.run(
         [sys.executable, "-m", "sctrain", "--config", "configs/debug.yaml", f"data.root={synthetic_root}",
-         f"output_dir={tmp_path / 'out'}", f"train.resume={bad}", "model.width=8", "data.num_workers=0"],
+         f"output_dir={tmp_path / 'out'}", f"train.resume={bad}", "model.kwsnet.width=8", "data.num_workers=0"],
         capture_output=True, text=True, timeout=300, cwd=REPO)
     assert result.returncode == 2, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]

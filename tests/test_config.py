@@ -16,9 +16,9 @@ def test_every_shipped_config_loads_strictly(path):
 
 
 def test_overrides_are_parsed_to_field_types():
-    cfg = load_config(None, ["train.epochs=3", "data.root=/x", "model.width=16", "train.lr=1e-3",
+    cfg = load_config(None, ["train.epochs=3", "data.root=/x", "model.kwsnet.width=16", "train.lr=1e-3",
                              "train.compile=true", "tracking.tags=a,b", "tracking.entity=null"])
-    assert (cfg.train.epochs, cfg.data.root, cfg.model.width) == (3, "/x", 16)
+    assert (cfg.train.epochs, cfg.data.root, cfg.model.kwsnet.width) == (3, "/x", 16)
     assert cfg.train.lr == pytest.approx(1e-3) and cfg.train.compile is True
     assert cfg.tracking.tags == ["a", "b"] and cfg.tracking.entity is None
 

@@ -1,4 +1,4 @@
-"""The compiled CPU kernels (sctrain/csrc/cpu_kernels.c) against the PyTorch ops they stand in for."""
+"""The compiled CPU kernels (sctrain/audio/csrc/cpu_kernels.c) against the PyTorch ops they stand in for."""
 from __future__ import annotations
 
 import math
@@ -10,14 +10,14 @@ import pytest
 import torch
 from torchaudio.functional import melscale_fbanks
 
-from sctrain import cpu_kernels
-from sctrain.augment import _RMS_FLOOR, WaveAugment
+from sctrain.audio import cpu_kernels
+from sctrain.audio.augment import _RMS_FLOOR, WaveAugment
+from sctrain.audio.features import LogMel, power_spectrum
 from sctrain.config import AugmentConfig, FeatureConfig
-from sctrain.features import LogMel, power_spectrum
 
 SR = 16000
 
-built = pytest.mark.skipif(cpu_kernels._cpu_kernels is None, reason="sctrain._cpu_kernels is not built")
+built = pytest.mark.skipif(cpu_kernels._cpu_kernels is None, reason="sctrain.audio._cpu_kernels is not built")
 
 
 def speech_like(batch: int, length: int = SR, seed: int = 0) -> torch.Tensor:
@@ -80,7 +80,7 @@ def test_mel_kernel_equals_the_dense_product(n_fft, n_mels):
 @built
 def test_frontend_features_agree_between_implementations(monkeypatch):
     # The whole train-mode front end, same seed: kernels and PyTorch ops give the same features.
-    from sctrain.frontend import FrontEnd
+    from sctrain.audio.frontend import FrontEnd
 
     frontend = FrontEnd(FeatureConfig(), AugmentConfig(mask_p=0.0), torch.randn(2, SR) * 0.1).train()
     audio = (speech_like(16, seed=1) * 20000).to(torch.int16)
@@ -135,7 +135,8 @@ def test_logmel_gradients_and_traces_use_pytorch_ops():
 
 
 def test_cli_says_whether_the_kernels_are_in_use():
-    out = subprocess.run([sys.executable, "-m", "sctrain.cpu_kernels"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "sctrain.audio.cpu_kernels"], capture_output=True, text=True,
+                         check=True)
     assert ("not built" if cpu_kernels._cpu_kernels is None else "compiled kernels in use") in out.stdout
 
 
@@ -143,4 +144,4 @@ def test_kernels_are_built_where_required():
     # .ci/run sets SCTRAIN_REQUIRE_CPU_KERNELS=1: there, a failed build of the optional extension is an error.
     if os.environ.get("SCTRAIN_REQUIRE_CPU_KERNELS") != "1":
         pytest.skip("SCTRAIN_REQUIRE_CPU_KERNELS is not set: the kernels are optional here")
-    assert cpu_kernels._cpu_kernels is not None, "sctrain._cpu_kernels did not build (see pip's output)"
+    assert cpu_kernels._cpu_kernels is not None, "sctrain.audio._cpu_kernels did not build (see pip's output)"

@@ -17,15 +17,15 @@ import pytest
 import soundfile as sf
 import torch
 
+from sctrain.cli.synth import main as synth_main
 from sctrain.config import DataConfig
 from sctrain.data import pack as pack_module
 from sctrain.data import synthetic as synthetic_module
-from sctrain.data.pack import RING_PREFETCH, ClipDataset, clip_loader, collate_batch, load_dataset, pack_dataset
+from sctrain.data.dataset import RING_PREFETCH, ClipDataset, clip_loader, collate_batch
+from sctrain.data.pack import load_dataset, pack_dataset
 from sctrain.data.ring import SLACK_SLOTS, BatchRing, RingBatch
-from sctrain.data.speechcommands import (KWS12_LABELS, DatasetError, ensure_dataset, is_layout,
-                                         scan_dataset)
+from sctrain.data.speechcommands import KWS12_LABELS, DatasetError, ensure_dataset, is_layout, scan_dataset
 from sctrain.data.synthetic import WORDS, write_synthetic_dataset
-from sctrain.synth import main as synth_main
 
 
 def _wav(path: Path, samples, rate: int = 16000) -> None:
@@ -444,7 +444,8 @@ def test_loader_without_workers_has_no_ring(synthetic_root, tmp_path):
     split = pack_dataset(scan_dataset(synthetic_root, "all"), cache_dir=tmp_path, progress=False).split("train")
     loader = clip_loader(split, 16, list(range(len(split))), workers=0, drop_last=True)
     assert loader.dataset.ring is None
-    assert torch.equal(torch.cat([a for a, _ in loader]), torch.from_numpy(np.array(split.audio[:len(split) // 16 * 16])))
+    whole_batches = np.array(split.audio[:len(split) // 16 * 16])
+    assert torch.equal(torch.cat([a for a, _ in loader]), torch.from_numpy(whole_batches))
 
 
 def test_load_dataset_follows_the_config(synth_copy):

@@ -30,7 +30,7 @@ BATCH = 8      # per process; the one-process reference runs 2 x BATCH
 STEPS = 2       # optimizer steps compared; AdamW amplifies float noise with every step (see assert_same_training)
 # Tiny and fast: width 8, no loader workers, no latency benchmark; eval batches of 4 leave a ragged last
 # batch on each rank's shard of the 11-clip splits.
-TINY = ["--config", "configs/debug.yaml", "model.width=8", "data.num_workers=0", "bench.latency=false",
+TINY = ["--config", "configs/debug.yaml", "model.kwsnet.width=8", "data.num_workers=0", "latency.enabled=false",
         "tracking.report=false", "tracking.wandb=false", "train.eval_batch_size=4", "train.resume=never",
         "train.log_every=1"]
 # Same data order and deterministic steps: no augmentation, no dropout, constant LR, one short epoch.
@@ -74,10 +74,10 @@ def load_weights(out: Path) -> dict:
 
 def initial_weights(num_classes: int) -> dict:
     """The weights every run starts from (Run seeds torch with train.seed, then builds the model)."""
-    from sctrain.config import ModelConfig
-    from sctrain.model import build_model
+    from sctrain.config import FeatureConfig, KWSNetConfig, ModelConfig
+    from sctrain.models.registry import create_model
     torch.manual_seed(0)
-    return build_model(ModelConfig(width=8, dropout=0), num_classes).state_dict()
+    return create_model(ModelConfig(kwsnet=KWSNetConfig(width=8, dropout=0)), FeatureConfig(), num_classes).state_dict()
 
 
 def assert_same_training(one: dict, two: dict, init: dict) -> None:
@@ -202,17 +202,18 @@ def test_two_processes_match_one_process_with_twice_the_batch(balance, accelerat
 @pytest.mark.parametrize("split", ["validation", "test"])
 def test_distributed_evaluation_equals_one_process(split, accelerate_run):
     """The 2-rank confusion matrices logged by the run equal a one-process evaluation of best_sc.pt."""
+    from sctrain.audio.frontend import FrontEnd
     from sctrain.config import load_config
+    from sctrain.data.dataset import eval_loader
     from sctrain.data.pack import load_dataset
-    from sctrain.evaluate import eval_loader, evaluate
-    from sctrain.frontend import FrontEnd
-    from sctrain.model import build_model
+    from sctrain.models.registry import create_model
+    from sctrain.training.evaluate import evaluate
 
     out = accelerate_run[0]
     cfg = load_config(out / "config.yaml")
     data = load_dataset(cfg.data, progress=False)
     assert len(data.split(split)) % 2 == 1, "the split must not divide evenly between the 2 ranks"
-    model = build_model(cfg.model, len(data.labels))
+    model = create_model(cfg.model, cfg.features, len(data.labels))
     model.load_state_dict(load_weights(out))
     frontend = FrontEnd(cfg.features, cfg.augment, torch.from_numpy(np.asarray(data.background)))
     single = evaluate(model, frontend, eval_loader(data.split(split), 64, 1, 0), data.labels, torch.device("cpu"))
@@ -283,7 +284,7 @@ def test_runtime_primitives_under_torchrun(tmp_path):
                 str(Path(__file__)), "--driver", str(tmp_path)])
     ok(proc)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
-    from sctrain.runtime import cpu_cores
+    from sctrain.training.distributed import cpu_cores
     for r in (r0, r1):
         assert r["world"] == 2 and r["backend"] == "gloo" and r["device"] == "cpu"
         assert r["threads"] == max(1, cpu_cores() // 2)
@@ -299,7 +300,7 @@ def test_runtime_primitives_under_torchrun(tmp_path):
 
 
 def test_eval_shards_cover_every_clip_once():
-    from sctrain.evaluate import EvalShard
+    from sctrain.data.dataset import EvalShard
     for size in (11, 12, 1):
         for world in (1, 2, 3, 8):
             parts = [list(EvalShard(size, world, r)) for r in range(world)]
@@ -327,7 +328,7 @@ def test_scaling_benchmark_runs_one_and_two_processes(data_root, tmp_path):
     out = tmp_path / "scaling.json"
     proc = run([sys.executable, "-m", "sctrain.bench", "scaling", "--root", str(data_root), "--config",
                 "configs/debug.yaml", "--steps", "2", "--warmup", "2", "--batch-size", str(BATCH), "--out", str(out),
-                "model.width=8", "data.num_workers=0"])
+                "model.kwsnet.width=8", "data.num_workers=0"])
     output = ok(proc)
     result = json.loads(out.read_text())
     assert json.loads(output.strip().splitlines()[-1]) == result
@@ -344,9 +345,15 @@ def _driver(out: Path) -> None:
     from torch import nn
 
     from sctrain.config import load_config
-    from sctrain.runtime import (OtherRankFailed, global_sum, make_accelerator, once_per_node, shutdown,
-                                 sync_buffers)
-    from sctrain.syncbn import convert_sync_batchnorm
+    from sctrain.models.syncbn import convert_sync_batchnorm
+    from sctrain.training.distributed import (
+        OtherRankFailed,
+        global_sum,
+        make_accelerator,
+        once_per_node,
+        shutdown,
+        sync_buffers,
+    )
 
     acc = make_accelerator(load_config(None, []))
     rank, report = acc.process_index, {}

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from sctrain import export
-from sctrain.export import ExportError, check_parity, clip_batch, export_onnx, find_clips, load_exported
-from sctrain.infer import load_model
+from sctrain.cli.export import main as export_main
+from sctrain.inference import export
+from sctrain.inference.export import ExportError, check_parity, clip_batch, export_onnx, find_clips, load_exported
+from sctrain.inference.loading import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,7 +79,7 @@ def test_onnx_logmel_export_matches_pytorch(model, test_audio, tmp_path):
 @pytest.mark.parametrize("kind", ["audio", "logmel"])
 def test_torchscript_export_matches_pytorch(trained_checkpoint, model, test_audio, mini_root, tmp_path, capsys, kind):
     out = tmp_path / f"kws.{kind}.pt"
-    assert export.main([str(trained_checkpoint), "--format", "torchscript", "--input", kind, "--out", str(out),
+    assert export_main([str(trained_checkpoint), "--format", "torchscript", "--input", kind, "--out", str(out),
                         "--check-audio", str(mini_root / "yes"), str(mini_root / "no"), "--check-clips", "8"]) == 0
     assert "argmax agrees 8/8" in capsys.readouterr().out
     files = {"sctrain.labels": "", "sctrain.input": ""}
@@ -93,7 +94,7 @@ def test_torchscript_export_matches_pytorch(trained_checkpoint, model, test_audi
 def test_parity_failure_fails_the_export(trained_checkpoint, model, mini_root, tmp_path, capsys):
     out = tmp_path / "kws.pt"
     # A bound no float computation meets: the command must refuse the file with one line, exit 2.
-    assert export.main([str(trained_checkpoint), "--format", "torchscript", "--out", str(out), "--atol", "-1",
+    assert export_main([str(trained_checkpoint), "--format", "torchscript", "--out", str(out), "--atol", "-1",
                         "--check-audio", str(mini_root / "go"), "--check-clips", "4"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("sctrain: error: parity check failed") and str(out) in err[0]
@@ -116,14 +117,14 @@ def test_export_errors_are_one_line(trained_checkpoint, tmp_path, capsys):
           "--check-audio", str(tmp_path / "empty")], "no audio clips for the parity check"),
     ]
     for argv, text in cases:
-        assert export.main(argv) == 2
+        assert export_main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("sctrain: error: ") and text in err[0], err
 
 
 def test_missing_onnxruntime_is_one_line(trained_checkpoint, tmp_path):
     # None in sys.modules makes "import onnxruntime" raise ImportError, as in an environment without it.
-    code = ("import sys; sys.modules['onnxruntime'] = None; from sctrain.export import main; "
+    code = ("import sys; sys.modules['onnxruntime'] = None; from sctrain.cli.export import main; "
             f"sys.exit(main([{str(trained_checkpoint)!r}, '--format', 'onnx', '--out', {str(tmp_path / 'm.onnx')!r}]))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 2

@@ -5,13 +5,14 @@ import math
 
 import pytest
 import torch
-
-from sctrain.augment import WaveAugment, add_noise, mixup, one_hot_targets, time_shift
-from sctrain.config import AugmentConfig, FeatureConfig
-from sctrain.features import LOG_OFFSET, LogMel, SpecMask, frames_for, mel_blocks
 from torchaudio.functional import melscale_fbanks
 from torchaudio.transforms import MelSpectrogram
-from sctrain.frontend import FrontEnd
+
+from sctrain.audio.augment import WaveAugment, add_noise, mixup, one_hot_targets, time_shift
+from sctrain.audio.constants import frames_per_clip
+from sctrain.audio.features import LOG_OFFSET, LogMel, SpecMask, mel_blocks
+from sctrain.audio.frontend import FrontEnd
+from sctrain.config import AugmentConfig, FeatureConfig
 
 SR = 16000
 # Every test here runs on both CPU implementations of the front end: the C kernels and the PyTorch ops.
@@ -38,12 +39,12 @@ def tone(batch: int = 4, length: int = SR, seed: int = 0) -> torch.Tensor:
 
 def test_logmel_shape_and_frames():
     cfg = FeatureConfig()
-    assert frames_for(cfg) == 101
-    assert frames_for(FeatureConfig(hop_length=128), 8000) == 8000 // 128 + 1
+    assert frames_per_clip(cfg.hop_length) == 101
+    assert frames_per_clip(128, 8000) == 8000 // 128 + 1
     out = LogMel(cfg)(tone(3))
-    assert out.shape == (3, 1, cfg.n_mels, frames_for(cfg))
+    assert out.shape == (3, 1, cfg.n_mels, frames_per_clip(cfg.hop_length))
     short = LogMel(FeatureConfig(n_mels=40, hop_length=128))(tone(2, 4000))
-    assert short.shape == (2, 1, 40, frames_for(FeatureConfig(hop_length=128), 4000))
+    assert short.shape == (2, 1, 40, frames_per_clip(128, 4000))
 
 
 def test_logmel_per_clip_normalised():

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from sctrain.config import load_config
-from sctrain.runtime import resolve_precision
-from sctrain.train import train
+from sctrain.training.distributed import resolve_precision
+from sctrain.training.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.gpu,

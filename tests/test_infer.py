@@ -12,10 +12,12 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from sctrain import predict
-from sctrain.checkpoint import atomic_save, load_best
-from sctrain.data.speechcommands import SAMPLE_RATE
-from sctrain.infer import AudioError, file_windows, load_model, predict_wave, read_audio, to_model_rate
+from sctrain.audio.constants import SAMPLE_RATE
+from sctrain.audio.io import AudioError, read_audio, to_model_rate
+from sctrain.cli import predict
+from sctrain.inference.loading import load_model
+from sctrain.inference.predict import file_windows, predict_wave
+from sctrain.training.checkpoint.files import atomic_save, load_best
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,11 +71,11 @@ def test_file_windows_cover_any_length():
 
 # ----------------------------------------------------------------------------------------- prediction
 
-def test_fast_classifier_matches_checkpoint_model(model, mini_root):
+def test_cpu_classifier_matches_checkpoint_model(model, mini_root):
     files = sorted((mini_root / "testing_list.txt").read_text().split())[::11]
     audio = torch.from_numpy(np.stack([file_windows(read_audio(mini_root / f))[0][0] for f in files]))
     with torch.inference_mode():
-        reference, fast = model.classifier(audio), model.fast_classifier(audio)
+        reference, fast = model.classifier(audio), model.cpu_classifier(audio)
     assert torch.allclose(reference, fast, atol=1e-4), (reference - fast).abs().max()
     assert torch.equal(reference.argmax(1), fast.argmax(1))
 

@@ -4,15 +4,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sctrain.config import FeatureConfig, ModelConfig
-from sctrain.features import LogMel, frames_for
-from sctrain.model import AudioClassifier, KWSNet, build_model, count_parameters
+from sctrain.audio.constants import frames_per_clip
+from sctrain.audio.features import LogMel
+from sctrain.config import FeatureConfig, KWSNetConfig, ModelConfig
+from sctrain.models.classifier import AudioClassifier
+from sctrain.models.kwsnet import KWSNet
+from sctrain.models.registry import count_parameters, create_model
 
 
 @pytest.mark.parametrize("width", [8, 16, 32])
 def test_output_shape(width):
     net = KWSNet(num_classes=12, width=width).eval()
-    assert net(torch.randn(2, 1, 64, frames_for(FeatureConfig()))).shape == (2, 12)
+    assert net(torch.randn(2, 1, 64, frames_per_clip(FeatureConfig().hop_length))).shape == (2, 12)
     # Small maps still work (pools never shrink a map below 1x1) and so do other frame counts.
     assert net(torch.randn(3, 1, 8, 9)).shape == (3, 12)
 
@@ -25,7 +28,7 @@ def test_parameter_count_width_32():
 
 
 def test_build_model_from_config():
-    net = build_model(ModelConfig(width=16, dropout=0.3), num_classes=10)
+    net = create_model(ModelConfig(kwsnet=KWSNetConfig(width=16, dropout=0.3)), FeatureConfig(), num_classes=10)
     assert isinstance(net, KWSNet)
     assert net.dropout.p == 0.3 and net.head.out_features == 10 and net.head.in_features == 128
 

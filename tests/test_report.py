@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sctrain.report import PLOTS, ReportError, figure_pixels, read_metrics, write_report, write_report_or_skip
+from sctrain.tracking.report import PLOTS, ReportError, figure_pixels, read_metrics, write_report, write_report_or_skip
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = [f"word{i:02d}" for i in range(12)]
@@ -97,7 +97,7 @@ def test_folder_without_metrics_is_a_one_line_error(tmp_path):
 
 def test_missing_matplotlib_skips_with_one_line(tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # what `import matplotlib` meets without the extra
-    with caplog.at_level(logging.INFO, logger="sctrain.report"):
+    with caplog.at_level(logging.INFO, logger="sctrain.tracking.report"):
         assert write_report_or_skip(write_run(tmp_path)) is None
     assert [r.getMessage() for r in caplog.records] == [
         "report skipped: matplotlib is not installed (pip install 'sctrain[report]')"]

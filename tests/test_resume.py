@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from sctrain.checkpoint import list_states, load_best, load_state
-from sctrain.stopping import EXIT_PREEMPTED
+from sctrain.training.checkpoint.files import list_states, load_best, load_state
+from sctrain.training.stopping import EXIT_PREEMPTED
 
 REPO = Path(__file__).resolve().parents[1]
 # 96 training clips: 6 steps per epoch (1 process x 16 or 2 processes x 8 clips), a state every 2 steps.
-COMMON = ["--config", "configs/debug.yaml", "train.epochs=2", "model.width=8", "data.num_workers=0",
-          "bench.latency=false", "tracking.report=false", "train.checkpoint_every=2", "train.keep_last=3",
+COMMON = ["--config", "configs/debug.yaml", "train.epochs=2", "model.kwsnet.width=8", "data.num_workers=0",
+          "latency.enabled=false", "tracking.report=false", "train.checkpoint_every=2", "train.keep_last=3",
           "train.log_every=2", "train.eval_batch_size=64"]
 TIMEOUT = 300
 

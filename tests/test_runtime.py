@@ -8,9 +8,9 @@ import pytest
 
 FRONT_END_PAGE_FAULTS = """
 import resource, sys, torch
-from sctrain.runtime import keep_freed_memory
+from sctrain.training.distributed import keep_freed_memory
 from sctrain.config import AugmentConfig, FeatureConfig
-from sctrain.frontend import FrontEnd
+from sctrain.audio.frontend import FrontEnd
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 torch.set_num_threads(1)

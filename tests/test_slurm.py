@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sctrain.checkpoint import list_states, load_best, load_state
+from sctrain.training.checkpoint.files import list_states, load_best, load_state
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_LOCAL = Path(__file__).resolve().parents[1].parent / "shared/tools/slurm-local"
@@ -64,7 +64,8 @@ def test_usr1_saves_requeues_and_the_next_start_resumes(slurm, synthetic_root, t
         ["sbatch", "--parsable", "--gres=none", "--cpus-per-task=2", "--time=15", "--job-name=sctrain-test",
          f"--output={tmp_path}/%x-%j.out", "slurm/train.sbatch",
          "--config", "configs/debug.yaml", f"data.root={synthetic_root}", f"output_dir={out}", "train.epochs=2",
-         "train.batch_size=8", "model.width=8", "data.num_workers=0", "bench.latency=false", "tracking.report=false",
+         "train.batch_size=8", "model.kwsnet.width=8", "data.num_workers=0", "latency.enabled=false",
+         "tracking.report=false",
          "train.checkpoint_every=2", "train.log_every=2"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert submit.returncode == 0, submit.stderr

@@ -8,12 +8,15 @@ import numpy as np
 import pytest
 import torch
 
+from sctrain.audio.constants import SAMPLE_RATE
+from sctrain.audio.features import LogMel
+from sctrain.audio.io import read_audio
 from sctrain.config import Config, FeatureConfig
-from sctrain.data.speechcommands import SAMPLE_RATE
-from sctrain.features import LogMel
-from sctrain.infer import LoadedModel, load_model, read_audio, window_probs
-from sctrain.model import AudioClassifier, build_model
-from sctrain.streaming import IncrementalLogMel, StreamingDetector
+from sctrain.inference.loading import LoadedModel, load_model
+from sctrain.inference.predict import window_probs
+from sctrain.inference.streaming import IncrementalLogMel, StreamingDetector
+from sctrain.models.classifier import AudioClassifier
+from sctrain.models.registry import create_model
 
 # Background recordings for the noise gaps; their last 10 %, which no training _silence_ cut comes from.
 NOISES = ("doing_the_dishes.wav", "running_tap.wav", "exercise_bike.wav", "pink_noise.wav")
@@ -150,8 +153,8 @@ def test_incremental_logmel_equals_whole_window(features):
 
 def test_detector_rejects_bad_settings():
     cfg = Config()
-    model = LoadedModel(AudioClassifier(LogMel(cfg.features), build_model(cfg.model, 3)).eval(), ["a", "b", "c"],
-                        cfg, Path("untrained"))
+    net = create_model(cfg.model, cfg.features, 3)
+    model = LoadedModel(AudioClassifier(LogMel(cfg.features), net).eval(), ["a", "b", "c"], cfg, Path("untrained"))
     for kwargs in ({"hop_ms": 0}, {"hop_ms": 1500}, {"threshold": 0}, {"smooth": 0}):
         with pytest.raises(ValueError):
             StreamingDetector(model, **kwargs)

@@ -21,16 +21,15 @@ from pathlib import Path
 
 import pytest
 
-from sctrain.stopping import EXIT_PREEMPTED
-
-from sctrain.checkpoint import load_latest_state
-from sctrain.report import figure_pixels, read_metrics
-from sctrain.tracking import last_logged_step
+from sctrain.tracking.report import figure_pixels, read_metrics
+from sctrain.tracking.tracker import last_logged_step
+from sctrain.training.checkpoint.files import load_latest_state
+from sctrain.training.stopping import EXIT_PREEMPTED
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS, STEPS_PER_EPOCH, EXAMPLES = 3, 6, 3  # synthetic_root: 96 training clips, batch 16
-TINY = ["--config", "configs/debug.yaml", "model.width=8", "train.batch_size=16", "train.eval_batch_size=64",
-        "data.num_workers=0", "bench.iters=3", "bench.large_batch=8", "train.log_every=1"]
+TINY = ["--config", "configs/debug.yaml", "model.kwsnet.width=8", "train.batch_size=16", "train.eval_batch_size=64",
+        "data.num_workers=0", "latency.iters=3", "latency.large_batch=8", "train.log_every=1"]
 
 
 # ------------------------------------------------------------------ wandb's run file (leveldb log of protobufs)
@@ -234,7 +233,7 @@ def test_wandb_off_or_disabled_never_imports_wandb(synthetic_root, tmp_path):
     script = (
         "import json, sys\n"
         "from sctrain.__main__ import main\n"
-        f"common = {TINY + [f'data.root={synthetic_root}', 'train.epochs=1', 'bench.latency=false']!r}\n"
+        f"common = {TINY + [f'data.root={synthetic_root}', 'train.epochs=1', 'latency.enabled=false']!r}\n"
         f"assert main(common + ['output_dir={tmp_path / 'off'}', 'tracking.wandb=false']) == 0\n"
         f"assert main(common + ['output_dir={tmp_path / 'disabled'}', 'tracking.wandb=true',"
         " 'tracking.mode=disabled', 'tracking.report=false']) == 0\n"
@@ -256,7 +255,7 @@ def test_restart_skips_the_steps_wandb_already_holds(tmp_path, monkeypatch):
     import wandb
 
     from sctrain.config import TrackingConfig
-    from sctrain.tracking import make_tracker
+    from sctrain.tracking.tracker import make_tracker
 
     for key, value in wandb_env(tmp_path, mode_env=True).items():
         monkeypatch.setenv(key, value)
@@ -281,7 +280,7 @@ def test_restart_skips_the_steps_wandb_already_holds(tmp_path, monkeypatch):
 
 
 def test_auto_mode_follows_the_api_key(monkeypatch, tmp_path):
-    from sctrain.wandb_run import resolve_mode
+    from sctrain.tracking.wandb_run import resolve_mode
 
     for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL"):
         monkeypatch.delenv(name, raising=False)

@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from sctrain.checkpoint import load_best
 from sctrain.config import config_from_dict, load_config
-from sctrain.model import build_model
-from sctrain.train import train
+from sctrain.models.registry import create_model
+from sctrain.training.checkpoint.files import load_best
+from sctrain.training.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["model.width=8", "train.batch_size=16", "train.eval_batch_size=64", "data.num_workers=0",
-        "bench.iters=3", "bench.large_batch=8", "tracking.report=false", "train.log_every=2"]
+TINY = ["model.kwsnet.width=8", "train.batch_size=16", "train.eval_batch_size=64", "data.num_workers=0",
+        "latency.iters=3", "latency.large_batch=8", "tracking.report=false", "train.log_every=2"]
 
 
 def run_cli(*args, timeout=300):
@@ -53,7 +53,7 @@ def test_best_checkpoint_is_plain_data_and_reloads(tiny_run):
     assert not any(k.startswith(("_orig_mod.", "module.")) for k in raw["model"])
     ckpt = load_best(out / "best_sc.pt")
     cfg = config_from_dict(ckpt["config"])
-    model = build_model(cfg.model, len(ckpt["labels"]))
+    model = create_model(cfg.model, cfg.features, len(ckpt["labels"]))
     model.load_state_dict(ckpt["model"])  # strict: every tensor present, nothing extra
     assert ckpt["metrics"]["val_acc"] == pytest.approx(max(
         json.loads(line)["acc"] for line in (out / "metrics.jsonl").read_text().splitlines()
@@ -69,7 +69,7 @@ def test_state_folder_keeps_the_last_states(tiny_run):
 def test_training_learns_the_generated_words(synthetic_root, tmp_path):
     cfg = load_config(REPO / "configs/debug.yaml",
                       [f"data.root={synthetic_root}", f"output_dir={tmp_path}", "train.epochs=8", "train.lr=0.01",
-                       "bench.latency=false", *TINY])
+                       "latency.enabled=false", *TINY])
     results = train(cfg)
     assert results["val_acc"] >= 0.5, results  # 6 classes: chance is 0.17
 
@@ -101,10 +101,10 @@ def test_cli_print_config_resolves_overrides():
 
 
 def test_max_steps_inside_an_epoch_leaves_the_rest_of_it_to_a_longer_run(synthetic_root, tmp_path):
-    from sctrain.checkpoint import list_states, load_state
+    from sctrain.training.checkpoint.files import list_states, load_state
 
     out = tmp_path / "run"
-    base = [f"data.root={synthetic_root}", f"output_dir={out}", "train.epochs=2", *TINY, "bench.latency=false"]
+    base = [f"data.root={synthetic_root}", f"output_dir={out}", "train.epochs=2", *TINY, "latency.enabled=false"]
     assert train(load_config(REPO / "configs/debug.yaml", [*base, "train.max_steps=3"]))["steps"] == 3
     progress = load_state(list_states(out)[0])["progress"]
     assert (progress["epoch"], progress["step_in_epoch"], progress["global_step"]) == (0, 3, 3)  # mid-epoch

@@ -1,7 +1,7 @@
 """``python -m sctrain.bench latency CKPT [--json OUT]``: inference latency and throughput of a checkpoint.
 
 Backends, each on raw 1 s audio (log-mel included): eager PyTorch as trained, eager with the inference
-copy of the network (:class:`sctrain.infer.FastNet`: BatchNorm folded, channels-last), ``torch.compile``,
+copy of the network (the family's CPU inference copy, e.g. BatchNorm folded and channels-last), ``torch.compile``,
 ONNX Runtime and TorchScript (both exported by :mod:`sctrain.export`). Batch-1 latency is measured with
 one intra-op thread and with all cores; large-batch throughput with all cores. On a GPU (when present)
 the same PyTorch backends run with the input already on the device. Last, the streaming detector's
@@ -30,11 +30,13 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ..checkpoint import CheckpointError
-from ..data.speechcommands import CLIP_SAMPLES, SAMPLE_RATE
-from ..infer import AudioError, LoadedModel, load_model
-from ..latency import cpu_name, summarize, time_calls
-from ..model import count_parameters
+from sctrain.audio.constants import CLIP_SAMPLES, SAMPLE_RATE
+from sctrain.audio.io import AudioError
+from sctrain.inference.latency import cpu_name, summarize, time_calls
+from sctrain.inference.loading import LoadedModel, load_model
+from sctrain.models.registry import count_parameters
+from sctrain.training.checkpoint.files import CheckpointError
+from sctrain.utils import first_line
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,7 @@ def _compiled_backend(module: torch.nn.Module) -> Maker:
 
 
 def _exported_backend(path: Path, kind: str) -> Maker:
-    from ..export import OnnxModel, TorchScriptModel
+    from sctrain.inference.export import OnnxModel, TorchScriptModel
 
     def make(device: torch.device, threads: int):
         if kind == "onnx":
@@ -94,11 +96,11 @@ def build_backends(model: LoadedModel, workdir: Path, args: argparse.Namespace) 
     """name -> (maker, input kind); exporters that are unavailable are skipped with a note."""
     backends: dict[str, tuple[Maker, str]] = {
         "eager": (_torch_backend(model.classifier), "torch"),
-        "eager-fast": (_torch_backend(model.fast_classifier), "torch"),
+        "eager-fast": (_torch_backend(model.cpu_classifier), "torch"),
     }
     if not args.no_compile:
         backends["compiled"] = (_compiled_backend(model.classifier), "torch")
-    from ..export import ExportError, export_onnx, export_torchscript, require
+    from sctrain.inference.export import ExportError, export_onnx, export_torchscript, require
     if not args.no_onnx:
         try:
             require("onnx", "onnxscript", "onnxruntime")
@@ -144,7 +146,7 @@ def run_interleaved(cases: list[Case], calls: int, block: int, warmup: int) -> l
             time_calls(case.call, case.device, 0, warmup=warmup)
             ready.append(case)
         except Exception as e:  # noqa: BLE001 - e.g. a runtime without kernels for this device
-            log.warning("%s on %s skipped: %s", case.backend, case.device, str(e).strip().splitlines()[0][:200])
+            log.warning("%s on %s skipped: %s", case.backend, case.device, first_line(e, limit=200))
     for _ in range(max(1, calls // block)):
         for case in ready:
             torch.set_num_threads(case.threads)
@@ -155,7 +157,7 @@ def run_interleaved(cases: list[Case], calls: int, block: int, warmup: int) -> l
 def streaming_rows(model: LoadedModel, args: argparse.Namespace) -> dict:
     """The detector's real-time factor on one thread with the 100 ms hop: the default settings, then one
     change each. The detectors take the same 100 ms chunks in turn, so they share the machine's load."""
-    from ..streaming import StreamingDetector
+    from sctrain.inference.streaming import StreamingDetector
 
     torch.set_num_threads(1)
     variants = {"default (fast net, whole-window features)": {},
@@ -163,7 +165,7 @@ def streaming_rows(model: LoadedModel, args: argparse.Namespace) -> dict:
                 "net as trained (no BN folding, NCHW)": {"net": model.net}}
     with tempfile.TemporaryDirectory(prefix="sctrain-latency-") as tmp:
         if not args.no_onnx:
-            from ..export import ExportError, OnnxModel, export_onnx
+            from sctrain.inference.export import ExportError, OnnxModel, export_onnx
             try:
                 ort_net = OnnxModel(export_onnx(model, Path(tmp) / "logmel.onnx", "logmel"), threads=1)
                 variants["onnxruntime net (--input logmel export)"] = {
@@ -193,7 +195,8 @@ def run(args: argparse.Namespace) -> dict:
     if torch.cuda.is_available() and not args.cpu_only:
         devices.append(torch.device("cuda"))
     report: dict = {
-        "checkpoint": str(args.checkpoint), "params": count_parameters(model.net), "width": model.config.model.width,
+        "checkpoint": str(args.checkpoint), "params": count_parameters(model.net),
+        "model": model.config.model.name, "cpu_copy": model.cpu_net.description,
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads_default": cores,
                     "gpu": torch.cuda.get_device_name(0) if len(devices) > 1 else None,
                     "torch": torch.__version__, "python": platform.python_version(),

@@ -6,7 +6,7 @@
     workers into a shared-memory ``BatchRing``) -> ``BalancedDistributedSampler`` -> DataLoader ->
     batched ``FrontEnd`` in train mode on the device (gain, shift, noise, log-mel, masking): model-ready
     ``[B, 1, n_mels, frames]`` features. On a CPU the front end uses the compiled kernels of
-    ``sctrain.cpu_kernels`` where they are built, as the trainer does (``machine.cpu_kernels`` in the
+    ``sctrain.audio.cpu_kernels`` where they are built, as the trainer does (``machine.cpu_kernels`` in the
     output), and the process first calls ``keep_freed_memory()``, as the trainer does (forked reference
     workers inherit it too; measured effect on the reference: within 3 %).
 (b) reference, in the seed's style: every DataLoader item reads its WAV with soundfile, pads or trims it,
@@ -39,15 +39,17 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from sctrain import cpu_kernels
+from sctrain.audio import cpu_kernels
+from sctrain.audio.constants import CLIP_SAMPLES, SAMPLE_RATE
+from sctrain.audio.features import LOG_OFFSET, NORM_EPS, feature_shape
+from sctrain.audio.frontend import FrontEnd
 from sctrain.config import AugmentConfig, ConfigError, DataConfig, FeatureConfig, load_config
-from sctrain.data.pack import clip_loader, load_dataset
+from sctrain.data.dataset import clip_loader
+from sctrain.data.pack import load_dataset
 from sctrain.data.sampler import BalancedDistributedSampler, class_balanced_weights
-from sctrain.data.speechcommands import CLIP_SAMPLES, SAMPLE_RATE, DatasetError, ensure_dataset, scan_dataset
-from sctrain.features import LOG_OFFSET, NORM_EPS, frames_for
-from sctrain.frontend import FrontEnd
-from sctrain.latency import cpu_name
-from sctrain.runtime import keep_freed_memory
+from sctrain.data.speechcommands import DatasetError, ensure_dataset, scan_dataset
+from sctrain.inference.latency import cpu_name
+from sctrain.training.distributed import keep_freed_memory
 
 log = logging.getLogger(__name__)
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "default.yaml"
@@ -264,9 +266,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=128, help="clips per batch")
     p.add_argument("--batches", type=int, default=60, help="timed batches per measurement")
     p.add_argument("--warmup", type=int, default=4, help="batches drawn before timing starts")
-    p.add_argument("--repeats", type=int, default=3, help="alternating measurements of each pipeline; the median counts")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="alternating measurements of each pipeline; the median counts")
     p.add_argument("--threads", type=int, default=0, help="torch threads of the main process (0 = torch's default)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the project's front end runs: auto (cuda if present), cpu, cuda")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="where the project's front end runs: auto (cuda if present), cpu, cuda")
     p.add_argument("--json", dest="json_out", help="also write the JSON line to this file")
     args = p.parse_args(argv)
     for name in ("batch", "batches", "warmup", "repeats"):
@@ -293,7 +297,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (ConfigError, DatasetError) as e:
         print(f"sctrain.bench pipeline: error: {e}", file=sys.stderr)
         return 2
-    shape = (args.batch, 1, cfg.features.n_mels, frames_for(cfg.features))
+    shape = (args.batch, 1, *feature_shape(cfg.features))
     info = machine_info(device)
     if info["load_avg_1m_at_start"] > 0.5 * (os.cpu_count() or 1):
         log.warning("the machine is busy (load %.1f on %d cores): both figures, the project's batched "

@@ -142,8 +142,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 def run(args: argparse.Namespace) -> dict:
     import torch
+
     from sctrain.config import ConfigError, load_config
-    from sctrain.runtime import cpu_cores
+    from sctrain.training.distributed import cpu_cores
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     counts = process_counts(args.processes, gpus)
@@ -160,7 +161,7 @@ def run(args: argparse.Namespace) -> dict:
         base = ["--config", args.config, *args.overrides, f"data.root={root}", f"train.batch_size={batch}",
                 f"train.max_steps={total_steps}", f"train.log_every={math.gcd(args.warmup, args.steps)}",
                 "train.epochs=1000",
-                "train.resume=never", "train.checkpoint_every=0", "bench.latency=false", "tracking.wandb=false",
+                "train.resume=never", "train.checkpoint_every=0", "latency.enabled=false", "tracking.wandb=false",
                 "tracking.report=false"]
         if args.workers is not None:
             base.append(f"data.num_workers={args.workers}")

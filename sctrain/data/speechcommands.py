@@ -22,10 +22,11 @@ from typing import Optional
 import numpy as np
 import soundfile as sf
 
+from sctrain.audio.constants import CLIP_SAMPLES
+from sctrain.audio.io import AudioError, decode_error, read_clip
+
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
-CLIP_SAMPLES = SAMPLE_RATE  # every packed clip is 1 s
 BACKGROUND_DIR = "_background_noise_"
 LIST_FILES = {"validation": "validation_list.txt", "test": "testing_list.txt"}
 SPLITS = ("train", "validation", "test")
@@ -385,33 +386,6 @@ def _silence_cuts(root: Path, background: list[Path], lengths: list[int], count:
 
 # ------------------------------------------------------------------------------------------ decoding
 
-def read_clip(path: str, offset: int = 0, samples: int = CLIP_SAMPLES) -> np.ndarray:
-    """``samples`` int16 samples of a 16 kHz mono WAV from ``offset``, zero-padded at the end.
-
-    Raises ``ValueError`` with a short reason for clips the dataset should not contain. Lives here rather
-    than in ``pack`` so that spawned decoding processes (macOS, Windows) need not import torch.
-    """
-    with sf.SoundFile(path) as f:
-        if f.samplerate != SAMPLE_RATE:
-            raise ValueError(f"sample rate {f.samplerate} Hz, not {SAMPLE_RATE}")
-        if f.channels != 1:
-            raise ValueError(f"{f.channels} channels, not mono")
-        if f.frames <= offset:
-            raise ValueError("empty" if f.frames == 0 else f"offset {offset} past the end ({f.frames} samples)")
-        if offset:
-            f.seek(offset)
-        data = f.read(samples, dtype="int16")
-    out = np.zeros(samples, dtype=np.int16)
-    out[: len(data)] = data
-    return out
-
-
-def decode_error(e: Exception) -> str:
-    """A short one-line reason; libsndfile's own text, without the path the caller names anyway."""
-    text = getattr(e, "error_string", None) or str(e)
-    return " ".join(text.split()).rstrip(".") or type(e).__name__
-
-
 def decode_into(npy_path: str, start: int, items: list[tuple[str, int]]) -> list[tuple[int, str]]:
     """Decode ``(path, offset)`` pairs into rows ``start...`` of the int16 .npy at ``npy_path``.
 
@@ -423,8 +397,8 @@ def decode_into(npy_path: str, start: int, items: list[tuple[str, int]]) -> list
     for i, (path, offset) in enumerate(items):
         try:
             audio[start + i] = read_clip(path, offset)
-        except Exception as e:  # noqa: BLE001 - any decoder failure is a property of the file
-            bad.append((start + i, decode_error(e) if os.path.exists(path) else "file not found"))
+        except AudioError as e:
+            bad.append((start + i, e.reason))
     audio.flush()
     del audio
     return bad

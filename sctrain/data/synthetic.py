@@ -25,7 +25,8 @@ from typing import Optional
 
 import numpy as np
 
-from .speechcommands import BACKGROUND_DIR, LIST_FILES, SAMPLE_RATE, DatasetError
+from sctrain.audio.constants import SAMPLE_RATE
+from sctrain.data.speechcommands import BACKGROUND_DIR, LIST_FILES, DatasetError
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 The input side of the model: waveforms in, normalised ``[B, 1, n_mels, frames]`` spectrograms out. Both
 modules are plain ``nn.Module``s with no parameters so they move with ``.to(device)``, run inside the
-training step and export with the network (see :class:`sctrain.model.AudioClassifier`).
+training step and export with the network (see :class:`sctrain.models.classifier.AudioClassifier`).
 """
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 from torch import Tensor, nn
 from torchaudio.transforms import MelSpectrogram
 
-from sctrain import cpu_kernels
+from sctrain.audio import cpu_kernels
+from sctrain.audio.constants import SAMPLE_RATE, frames_per_clip
 from sctrain.config import FeatureConfig
 
 # Added to the mel power before the log: -60 dB below a full-scale band, so digital silence gives a finite
@@ -20,9 +21,24 @@ LOG_OFFSET = 1e-6
 NORM_EPS = 1e-5
 
 
-def frames_for(cfg: FeatureConfig, num_samples: int = 16000) -> int:
-    """Frames that :class:`LogMel` produces for ``num_samples`` samples (centred STFT: one per hop, plus one)."""
-    return num_samples // cfg.hop_length + 1
+def feature_shape(cfg: FeatureConfig) -> tuple[int, int]:
+    """``(bands, frames)`` of the features :class:`LogMel` computes for one clip: what a network is built for."""
+    return cfg.n_mels, frames_per_clip(cfg.hop_length)
+
+
+def normalise_per_clip(spec: Tensor) -> Tensor:
+    """Zero mean, unit variance over the last two axes (one clip's whole spectrogram, in either layout).
+
+    Recording level and microphone colouring vary far more between speakers than between words; the
+    mean/variance over the whole clip carries no word identity. Computed from the sums of x and x^2 (two
+    fast reductions; var_mean's one-pass Welford is 8x slower on a CPU), as x * inv_std - mean * inv_std.
+    Training, export and streaming all normalise here, so their features are the same numbers.
+    """
+    count = spec.shape[-1] * spec.shape[-2]
+    mean = spec.sum(dim=(-2, -1), keepdim=True) / count
+    var = (spec.square().sum(dim=(-2, -1), keepdim=True) / count - mean.square()).clamp_min(0.0)
+    inv_std = torch.rsqrt(var + NORM_EPS)
+    return torch.addcmul(-mean * inv_std, spec, inv_std)
 
 
 class LogMel(nn.Module):
@@ -30,7 +46,7 @@ class LogMel(nn.Module):
 
     The numbers of torchaudio's ``MelSpectrogram`` (its window and filterbank, kept in ``self.mel``), computed
     faster: the spectrum stays frames-major (the layout ``torch.stft`` computes; torchaudio transposes it
-    twice). On a CPU, the compiled kernel of :mod:`sctrain.cpu_kernels` turns the spectrum into mel energies in
+    twice). On a CPU, the compiled kernel of :mod:`sctrain.audio.cpu_kernels` turns the spectrum into mel energies in
     one pass; elsewhere (GPU, autograd, export), or where it is not built, the power is one fused op
     (torchaudio takes ``abs()``, a square root, and squares it again) and the mel projection multiplies only
     the bands of the filterbank that are non-zero (:func:`mel_blocks`). Always computed in float32: in
@@ -38,7 +54,7 @@ class LogMel(nn.Module):
     resolution, so the module switches autocast off.
     """
 
-    def __init__(self, cfg: FeatureConfig, sample_rate: int = 16000) -> None:
+    def __init__(self, cfg: FeatureConfig, sample_rate: int = SAMPLE_RATE) -> None:
         super().__init__()
         self.cfg = cfg
         self.sample_rate = sample_rate
@@ -58,16 +74,7 @@ class LogMel(nn.Module):
         # reshape, not a rank check, folds [T] and [B, T] into [B, T]: no Python branch for export to trace.
         wave = wave.reshape(-1, wave.shape[-1])
         with torch.autocast(device_type=wave.device.type, enabled=False):
-            spec = self.log_mel(wave.float())  # [B, frames, n_mels]
-            # Per-clip normalisation: recording level and microphone colouring vary far more between
-            # speakers than between words; the mean/variance over the whole clip carries no word identity.
-            # From the sums of x and x^2 (two fast reductions; var_mean's one-pass Welford is 8x slower on
-            # a CPU), in one pass: x * inv_std - mean * inv_std.
-            count = spec.shape[-1] * spec.shape[-2]
-            mean = spec.sum(dim=(-2, -1), keepdim=True) / count
-            var = (spec.square().sum(dim=(-2, -1), keepdim=True) / count - mean.square()).clamp_min(0.0)
-            inv_std = torch.rsqrt(var + NORM_EPS)
-            spec = torch.addcmul(-mean * inv_std, spec, inv_std)
+            spec = normalise_per_clip(self.log_mel(wave.float()))  # [B, frames, n_mels]
         return spec.transpose(-1, -2).unsqueeze(1)
 
     def log_mel(self, wave: Tensor, center: bool = True) -> Tensor:

@@ -8,20 +8,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from sctrain.augment import INT16_SCALE, WaveAugment
+from sctrain.audio.augment import WaveAugment
+from sctrain.audio.constants import INT16_SCALE, SAMPLE_RATE
+from sctrain.audio.features import LogMel, SpecMask
 from sctrain.config import AugmentConfig, FeatureConfig
-from sctrain.features import LogMel, SpecMask
 
 
 class FrontEnd(nn.Module):
     """``[B, T]`` int16 or float audio -> ``[B, 1, n_mels, frames]`` float32 features.
 
     Training mode: waveform augmentation, log-mel, spectrogram masking. Eval mode: log-mel only, so
-    ``frontend.eval()`` gives exactly the features :class:`sctrain.model.AudioClassifier` computes.
+    ``frontend.eval()`` gives exactly the features :class:`sctrain.models.classifier.AudioClassifier` computes.
     """
 
     def __init__(self, features: FeatureConfig, augment: AugmentConfig, background: Tensor,
-                 sample_rate: int = 16000) -> None:
+                 sample_rate: int = SAMPLE_RATE) -> None:
         super().__init__()
         self.wave_augment = WaveAugment(augment, background, sample_rate)
         self.logmel = LogMel(features, sample_rate)

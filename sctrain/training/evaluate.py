@@ -13,8 +13,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .data.pack import ClipDataset, PackedSplit, collate_batch
-
 
 @dataclass
 class EvalResult:
@@ -39,26 +37,6 @@ class EvalResult:
     def summary(self) -> dict:
         return {"loss": self.loss, "acc": self.accuracy, "count": self.count,
                 "per_class_acc": self.per_class_accuracy}
-
-
-class EvalShard(torch.utils.data.Sampler[int]):
-    """Indices ``rank, rank+W, ...`` of a split: disjoint across ranks, unequal lengths allowed."""
-
-    def __init__(self, size: int, num_replicas: int = 1, rank: int = 0) -> None:
-        self.indices = list(range(rank, size, num_replicas))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-def eval_loader(split: PackedSplit, batch_size: int, num_replicas: int, rank: int,
-                num_workers: int = 0, pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(
-        ClipDataset(split), batch_size=batch_size, sampler=EvalShard(len(split), num_replicas, rank),
-        num_workers=num_workers, collate_fn=collate_batch, pin_memory=pin_memory)
 
 
 @torch.no_grad()

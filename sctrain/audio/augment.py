@@ -12,7 +12,8 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
-from sctrain import cpu_kernels
+from sctrain.audio import cpu_kernels
+from sctrain.audio.constants import INT16_SCALE
 from sctrain.config import AugmentConfig
 
 # Floor of the RMS of a clip and of its noise: a silent clip gets (almost) no noise instead of NaN, and a
@@ -21,7 +22,6 @@ _RMS_FLOOR = 1e-6
 # Seconds of Gaussian noise that white-noise windows are cut from (drawn once per module, from the seeded
 # global RNG): plenty of distinct windows, a few hundred kB.
 WHITE_BANK_S = 8
-INT16_SCALE = 32768.0  # int16 full scale: samples / INT16_SCALE lie in [-1, 1)
 
 
 def _uniform(low: float, high: float, batch: int, device: torch.device) -> Tensor:
@@ -106,7 +106,7 @@ class WaveAugment(nn.Module):
 
     :meth:`draw` makes all random choices for a batch, then one of two implementations with the same result
     applies them: :meth:`apply` (PyTorch ops, on any device) or, on a CPU, the one-pass C kernel of
-    :mod:`sctrain.cpu_kernels` (3x faster there: 3.5 instead of 11 ms for 128 clips on one core).
+    :mod:`sctrain.audio.cpu_kernels` (3x faster there: 3.5 instead of 11 ms for 128 clips on one core).
     """
 
     def __init__(self, cfg: AugmentConfig, background: Tensor, sample_rate: int = 16000) -> None:

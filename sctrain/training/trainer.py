@@ -1,7 +1,7 @@
 """The training loop: builds the parts from the config, trains, validates, checkpoints, reports.
 
 Data path per step: int16 batch (packed arrays, sharded sampler) -> device -> FrontEnd (augment, log-mel,
-masking) -> KWSNet -> loss. Rank-0 duties sit behind the tracker and checkpointer objects.
+masking) -> the registry's network -> loss. Rank-0 duties sit behind the tracker and checkpointer objects.
 """
 from __future__ import annotations
 
@@ -17,22 +17,31 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import checkpoint, cpu_kernels
-from .augment import mixup
-from .checkpointer import Checkpointer, Progress
-from .config import Config, dump_config
-from .data.pack import PackedDataset, clip_loader, load_dataset
-from .data.sampler import BalancedDistributedSampler
-from .evaluate import EvalResult, eval_loader, evaluate
-from .frontend import FrontEnd
-from .infer import load_model
-from .latency import latency_report
-from .model import build_model, count_parameters
-from .runtime import (dump_weight_digest, global_sum, make_accelerator, once_per_node, shutdown,
-                      sync_buffers)
-from .stopping import EXIT_PREEMPTED, GracefulStop
-from .syncbn import convert_sync_batchnorm
-from .tracking import collect_examples, make_tracker
+from sctrain.audio import cpu_kernels
+from sctrain.audio.augment import mixup
+from sctrain.audio.constants import INT16_SCALE
+from sctrain.audio.frontend import FrontEnd
+from sctrain.config import Config, dump_config
+from sctrain.data.dataset import PackedDataset, clip_loader, eval_loader
+from sctrain.data.pack import load_dataset
+from sctrain.data.sampler import BalancedDistributedSampler
+from sctrain.inference.latency import latency_report
+from sctrain.inference.loading import load_model
+from sctrain.models.registry import count_parameters, create_model
+from sctrain.models.syncbn import convert_sync_batchnorm
+from sctrain.tracking.tracker import collect_examples, make_tracker
+from sctrain.training.checkpoint import files as checkpoint
+from sctrain.training.checkpoint.policy import Checkpointer, Progress
+from sctrain.training.distributed import (
+    dump_weight_digest,
+    global_sum,
+    make_accelerator,
+    once_per_node,
+    shutdown,
+    sync_buffers,
+)
+from sctrain.training.evaluate import EvalResult, evaluate
+from sctrain.training.stopping import EXIT_PREEMPTED, GracefulStop
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +77,7 @@ def class_weights(data: PackedDataset, device: torch.device) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32, device=device)
 
 
-class Run:
+class Trainer:
     """One training run: the parts, built once, and the methods that use them."""
 
     def __init__(self, cfg: Config) -> None:
@@ -82,7 +91,8 @@ class Run:
             self.out.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, self.out / "config.yaml")
 
-        self.data: PackedDataset = once_per_node(acc, lambda: load_dataset(cfg.data, progress=acc.is_local_main_process))
+        self.data: PackedDataset = once_per_node(
+            acc, lambda: load_dataset(cfg.data, progress=acc.is_local_main_process))
         self.labels = self.data.labels
         train_split = self.data.split("train")
         if len(train_split) == 0:
@@ -92,11 +102,13 @@ class Run:
 
         # Same initial weights on every rank (DDP also broadcasts them), then per-rank augmentation streams.
         torch.manual_seed(cfg.train.seed)
-        self.model = build_model(cfg.model, len(self.labels))
+        self.model = create_model(cfg.model, cfg.features, len(self.labels))
         if cfg.train.sync_bn and self.world > 1:
             self.model = convert_sync_batchnorm(self.model, self.device)  # CPU (gloo) too, unlike torch's
-        self.frontend = FrontEnd(cfg.features, cfg.augment, torch.from_numpy(np.asarray(self.data.background))).to(self.device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        background = torch.from_numpy(np.asarray(self.data.background))
+        self.frontend = FrontEnd(cfg.features, cfg.augment, background).to(self.device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr,
+                                           weight_decay=cfg.train.weight_decay)
         # The scheduler is stepped by us, once per optimizer step: Accelerate's wrapper would step it
         # num_processes times, assuming a loader it sharded itself.
         self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
@@ -216,7 +228,8 @@ class Run:
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", clips_s=f"{rate:.0f}")
                 self.tracker.log_train(p.global_step, {"epoch": epoch, "loss": loss, "lr": lr, "clips_per_s": rate,
                                                        **self._memory()})
-                loss_sum.zero_(); loss_steps, clips, t0 = 0, 0, time.perf_counter()
+                loss_sum.zero_()
+                loss_steps, clips, t0 = 0, 0, time.perf_counter()
             if self.stop.should_stop(self.accelerator):
                 bar.close()
                 self.save_state()
@@ -249,8 +262,9 @@ class Run:
         cfg, p = self.cfg, self.progress
         rates = []
         if self.is_main:
-            log.info("training %s: %d params, %d processes on %s, precision %s, %d steps/epoch, batch %d/rank",
-                     type(self.raw_model).__name__, count_parameters(self.raw_model), self.world, self.device,
+            log.info("training %s (%s): %d params, %d processes on %s, precision %s, %d steps/epoch, batch %d/rank",
+                     cfg.model.name, type(self.raw_model).__name__, count_parameters(self.raw_model), self.world,
+                     self.device,
                      self.accelerator.mixed_precision, self.steps_per_epoch, cfg.train.batch_size)
             if self.device.type == "cpu":
                 log.info("front end on the CPU: %s", cpu_kernels.describe())
@@ -293,7 +307,7 @@ class Run:
         self.tracker.log_eval(self.progress.global_step, best.metrics["epoch"], "test", test)
         results = {"val_acc": val.accuracy, "test_acc": test.accuracy, "test_loss": test.loss,
                    "test_count": test.count, "best_epoch": best.metrics["epoch"],
-                   "params": count_parameters(model), "labels": self.labels,
+                   "params": count_parameters(model), "model": cfg.model.name, "labels": self.labels,
                    "per_class_test_acc": test.per_class_accuracy, "world_size": self.world,
                    "precision": self.accelerator.mixed_precision, "device": str(self.device),
                    "steps": self.progress.global_step, **train_info}
@@ -301,8 +315,8 @@ class Run:
             model.cpu()
             classifier = best.classifier
             results["example_prediction"] = self.predict_one(classifier)
-            if cfg.bench.latency:
-                lat = latency_report(classifier, cfg.bench.large_batch, cfg.bench.iters)
+            if cfg.latency.enabled:
+                lat = latency_report(classifier, cfg.latency.large_batch, cfg.latency.iters)
                 results["latency"] = lat
                 results["latency_ms_p50"] = lat["cpu"]["batch1"]["p50_ms"]
                 results["latency_ms_p95"] = lat["cpu"]["batch1"]["p95_ms"]
@@ -314,7 +328,7 @@ class Run:
 
     def predict_one(self, classifier: torch.nn.Module) -> dict:
         split = self.data.split("test")
-        audio = torch.from_numpy(np.asarray(split.audio[0], dtype=np.float32) / 32768.0)
+        audio = torch.from_numpy(np.asarray(split.audio[0], dtype=np.float32) / INT16_SCALE)
         with torch.inference_mode():
             probs = classifier.eval()(audio[None]).softmax(-1)[0]
         top = int(probs.argmax())
@@ -332,11 +346,11 @@ class Run:
 def train(cfg: Config) -> dict:
     """Train, then test the best checkpoint; returns the results dict (the same on every rank)."""
     try:
-        run = Run(cfg)
+        trainer = Trainer(cfg)
         try:
-            info = run.fit()
-            return run.finish(info)
+            info = trainer.fit()
+            return trainer.finish(info)
         finally:
-            run.close()
+            trainer.close()
     finally:
         shutdown()  # every rank, on success and on error: no teardown crash after a peer exits

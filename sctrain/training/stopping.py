@@ -3,7 +3,7 @@
 Slurm sends USR1 (``--signal=B:USR1@N``, forwarded by ``slurm/train.sbatch``) before the time limit and
 TERM on preemption or ``scancel``. Ranks can receive the signal at different steps, so the loop asks
 :meth:`GracefulStop.should_stop` after every step; one tiny all-reduce makes every rank agree, so all of
-them stop after the same step. The all-reduce runs on the host (:func:`sctrain.runtime.any_rank_failed`),
+them stop after the same step. The all-reduce runs on the host (:func:`sctrain.training.distributed.any_rank_failed`),
 so the check never makes the host wait for the GPU.
 """
 from __future__ import annotations
@@ -65,5 +65,5 @@ class GracefulStop:
 
     def should_stop(self, accelerator) -> bool:
         """True on every rank once any rank has received a stop signal (a collective: every rank asks)."""
-        from .runtime import any_rank_failed
+        from sctrain.training.distributed import any_rank_failed
         return any_rank_failed(accelerator, self.received is not None)

@@ -1,7 +1,7 @@
 """Metrics sinks behind one object: ``metrics.jsonl`` always, W&B when enabled; a no-op off rank 0.
 
 The training loop calls the same methods on every rank; only rank 0 gets a :class:`Tracker` that writes,
-so the loop carries no rank checks. W&B lives in :mod:`sctrain.wandb_run`, imported only when enabled: with
+so the loop carries no rank checks. W&B lives in :mod:`sctrain.tracking.wandb_run`, imported only when enabled: with
 ``tracking.wandb=false`` (or ``tracking.mode=disabled``) nothing imports or contacts wandb.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from .checkpoint import atomic_write
+from sctrain.utils import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class Tracker(NullTracker):
     def __init__(self, output_dir: str | Path, wandb_run: Any = None, report: bool = False) -> None:
         self.path = Path(output_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.wandb = wandb_run  # a sctrain.wandb_run.WandbRun, or None
+        self.wandb = wandb_run  # a sctrain.tracking.wandb_run.WandbRun, or None
         self.run_id = getattr(wandb_run, "id", None)
         self.wants_examples = getattr(wandb_run, "log_examples", 0)
         self.report = report
@@ -114,7 +114,7 @@ class Tracker(NullTracker):
         either file.
 
         W&B cannot drop what it has: it keeps the first attempt's steps and skips their repeats
-        (see :class:`sctrain.wandb_run.WandbRun`)."""
+        (see :class:`sctrain.tracking.wandb_run.WandbRun`)."""
         try:
             lines = self.path.read_text().splitlines()
         except FileNotFoundError:
@@ -169,7 +169,7 @@ def make_tracker(is_main: bool, output_dir: str | Path, tracking_cfg: Any = None
         return NullTracker()
     wandb_run = None
     if tracking_cfg is not None and tracking_cfg.wandb and tracking_cfg.mode != "disabled":
-        from .wandb_run import WandbRun  # the only place wandb gets imported
+        from sctrain.tracking.wandb_run import WandbRun  # the only place wandb gets imported
         first_step = last_logged_step(Path(output_dir) / "metrics.jsonl") + 1 if resume_id else 0
         wandb_run = WandbRun.start(output_dir, tracking_cfg, config or {}, resume_id, first_step)
     return Tracker(output_dir, wandb_run, report=bool(tracking_cfg is not None and tracking_cfg.report))

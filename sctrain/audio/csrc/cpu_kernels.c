@@ -1,7 +1,7 @@
-/* sctrain._cpu_kernels: the two passes of the training front end that PyTorch does slowly on a CPU.
+/* sctrain.audio._cpu_kernels: the two passes of the training front end that PyTorch does slowly on a CPU.
  *
  * Both do what a chain of PyTorch ops does (sctrain/augment.py and sctrain/features.py hold that path, which
- * GPUs and exports use), in one pass over the data instead of several. sctrain/cpu_kernels.py is the Python
+ * GPUs and exports use), in one pass over the data instead of several. sctrain/audio/cpu_kernels.py is the Python
  * side: it draws nothing, builds the arguments and checks dtypes and layout. This file checks every size and
  * index against the buffers it is given, so a wrong call raises ValueError instead of reading out of bounds.
  * Rows are shared between up to `threads` POSIX threads; the GIL is released throughout.
@@ -293,7 +293,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cpu_kernels",
-                                    "Fused CPU passes of sctrain's front end (see sctrain/csrc/cpu_kernels.c).",
+                                    "Fused CPU passes of sctrain's front end (see sctrain/audio/csrc/cpu_kernels.c).",
                                     -1, methods};
 
 PyMODINIT_FUNC PyInit__cpu_kernels(void) { return PyModule_Create(&module); }

@@ -1,16 +1,16 @@
 """Optional compiled CPU kernels for the two slowest parts of the front end on a CPU.
 
-``pip install`` builds ``sctrain._cpu_kernels`` from ``sctrain/csrc/cpu_kernels.c`` when a C compiler is
+``pip install`` builds ``sctrain.audio._cpu_kernels`` from ``sctrain/audio/csrc/cpu_kernels.c`` when a C compiler is
 there (setup.py); without one everything still works, on the PyTorch ops that GPUs use. Each kernel does in
 one pass what takes PyTorch several on a CPU:
 
 - :func:`augment_wave`: WaveAugment's int16 conversion, gain, time shift and additive noise, applying the
-  parameters that :meth:`sctrain.augment.WaveAugment.draw` drew (the same draws as the PyTorch path).
+  parameters that :meth:`sctrain.audio.augment.WaveAugment.draw` drew (the same draws as the PyTorch path).
 - :func:`mel_energies`: LogMel's power spectrum and mel projection, over the filterbank's non-zero weights.
 
 They run only on CPU tensors outside autograd, tracing, scripting and ``torch.compile`` (:func:`usable`),
 so GPU training, exported models and gradients take the PyTorch path. ``SCTRAIN_CPU_KERNELS=0`` turns them
-off. ``python -m sctrain.cpu_kernels`` says whether they are built and in use.
+off. ``python -m sctrain.audio.cpu_kernels`` says whether they are built and in use.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 try:
-    from sctrain import _cpu_kernels
+    from sctrain.audio import _cpu_kernels
 except ImportError:  # not built (no C compiler at install time): the PyTorch path is used
     _cpu_kernels = None
 
@@ -78,7 +78,7 @@ def _threads(rows: int, per_thread: int, threads: Optional[int]) -> int:
 
 def _module():
     if _cpu_kernels is None:
-        raise RuntimeError("sctrain._cpu_kernels is not built; reinstall sctrain with a C compiler present")
+        raise RuntimeError("sctrain.audio._cpu_kernels is not built; reinstall sctrain with a C compiler present")
     return _cpu_kernels
 
 
@@ -104,7 +104,7 @@ def augment_wave(audio: Tensor, shift: Tensor, gain: Tensor, bank: Tensor, noise
         y[i] = gain[b] * audio[b, i - shift[b]]           (0 where i - shift[b] is outside the clip)
         y += max(rms(y), rms_floor) * noise_mult[b] * bank.flatten()[noise_start[b] + i]
 
-    ``noise_mult`` is 0 for rows without noise. See :meth:`sctrain.augment.WaveAugment.forward`."""
+    ``noise_mult`` is 0 for rows without noise. See :meth:`sctrain.audio.augment.WaveAugment.forward`."""
     kernels = _module()
     if audio.dim() != 2 or audio.dtype not in (torch.int16, torch.float32):
         raise ValueError(f"expected int16 or float32 audio [B, T], got {audio.dtype} {tuple(audio.shape)}")
@@ -123,14 +123,14 @@ def describe() -> str:
     """One line: whether the kernels are built and in use."""
     if _cpu_kernels is None:
         return ("compiled kernels not built, PyTorch ops in use (slower; reinstall with a C compiler "
-                "present, e.g. `pip install -e .`, to build sctrain._cpu_kernels)")
+                "present, e.g. `pip install -e .`, to build sctrain.audio._cpu_kernels)")
     if not available():
         return f"compiled kernels built but off ({DISABLE_ENV}=0), PyTorch ops in use"
     return f"compiled kernels in use ({_cpu_kernels.__file__})"
 
 
 def main() -> int:
-    print(f"sctrain.cpu_kernels: {describe()}")
+    print(f"sctrain.audio.cpu_kernels: {describe()}")
     return 0
 
 

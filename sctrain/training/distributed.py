@@ -27,7 +27,7 @@ import torch.distributed as dist
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
-from .config import Config
+from sctrain.config import Config
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -177,7 +177,7 @@ def sync_buffers(accelerator: Accelerator, model: torch.nn.Module) -> None:
 
 def weight_digest(model: torch.nn.Module) -> dict:
     """SHA-256 of every parameter and buffer (name, dtype, shape, bytes) and of the whole state."""
-    from .checkpoint import plain_state_dict
+    from sctrain.training.checkpoint.files import plain_state_dict
     state = plain_state_dict(model)
     total, tensors = hashlib.sha256(), {}
     for name in sorted(state):

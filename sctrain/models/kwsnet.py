@@ -1,10 +1,10 @@
-"""The keyword-spotting CNN, and the wrapper that runs it on raw audio for inference and export."""
+"""``kwsnet``: the seed's keyword-spotting CNN (four 3x3 conv blocks), the default model family."""
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-from sctrain.config import ModelConfig
-from sctrain.features import LogMel
+from sctrain.models.folding import FoldedChannelsLastNet
+from sctrain.models.registry import register_model
 
 
 def _conv_block(in_ch: int, out_ch: int) -> nn.Sequential:
@@ -52,26 +52,6 @@ class KWSNet(nn.Module):
         return self.head(self.dropout(x))
 
 
-def build_model(cfg: ModelConfig, num_classes: int) -> KWSNet:
+@register_model("kwsnet", cpu_copy=FoldedChannelsLastNet, test_size={"width": 4})
+def build_kwsnet(cfg, num_classes: int, n_features: int, frames: int) -> KWSNet:  # noqa: ARG001 - pools globally
     return KWSNet(num_classes, width=cfg.width, dropout=cfg.dropout)
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Trainable parameters (BatchNorm running statistics are buffers and not counted)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-class AudioClassifier(nn.Module):
-    """Raw float audio ``[B, T]`` (or ``[T]``) in [-1, 1] -> logits: :class:`LogMel` then :class:`KWSNet`.
-
-    The deployable unit for prediction and export: feature extraction travels inside the graph, so a
-    consumer cannot pair the weights with the wrong front end.
-    """
-
-    def __init__(self, features: LogMel, net: KWSNet) -> None:
-        super().__init__()
-        self.features = features
-        self.net = net
-
-    def forward(self, wave: Tensor) -> Tensor:
-        return self.net(self.features(wave))

@@ -10,7 +10,7 @@ with the wrong label), while the windows centred on it score higher. No new cand
 for most of a second, gives one event. The price is latency: an event is reported about 1.8 s after its
 clip began (median on the test stream; 1.1-3 s). ``start_s`` is the start of the window that scored best.
 
-Features: by default each window's log-mel is computed whole (:class:`sctrain.features.LogMel`).
+Features: by default each window's log-mel is computed whole (:class:`sctrain.audio.features.LogMel`).
 ``incremental=True`` uses :class:`IncrementalLogMel` instead, which keeps the STFT frames that lie wholly
 inside the window from one hop to the next and computes only the new ones and the few edge frames, with
 the same numbers. Measured (``python -m sctrain.bench latency``): it does not pay with the default front
@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .data.speechcommands import CLIP_SAMPLES, SAMPLE_RATE
-from .features import NORM_EPS, LogMel
-from .frontend import INT16_SCALE
-from .infer import FILLER_LABELS, LoadedModel
+from sctrain.audio.constants import CLIP_SAMPLES, INT16_SCALE, SAMPLE_RATE
+from sctrain.audio.features import LogMel, normalise_per_clip
+from sctrain.inference.loading import LoadedModel
+from sctrain.inference.predict import FILLER_LABELS
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +94,7 @@ class IncrementalLogMel:
         self._inner, self._start = inner, start
         head = self._log_mel(wave[: self.edge_len], center=True)[:, :lo]
         tail = self._log_mel(wave[-self.edge_len:], center=True)[:, -(self.frames - 1 - hi):]
-        spec = torch.cat([head, inner, tail], dim=1)
-        # The same per-window normalisation as LogMel.forward.
-        mean = spec.mean()
-        var = (spec - mean).square().mean()
-        return ((spec - mean) * torch.rsqrt(var + NORM_EPS))[None, None]
+        return normalise_per_clip(torch.cat([head, inner, tail], dim=1))[None, None]
 
 
 class StreamingDetector:
@@ -106,7 +102,7 @@ class StreamingDetector:
     :class:`Detection` events completed by that chunk. :meth:`flush` ends the stream.
 
     ``net``: any callable from ``[1, 1, n_mels, frames]`` features to ``[1, labels]`` logits (default
-    ``model.fast_net``: BatchNorm folded, channels-last); ``incremental``: see the module docstring.
+    ``model.cpu_net``: BatchNorm folded, channels-last); ``incremental``: see the module docstring.
     """
 
     def __init__(self, model: LoadedModel, hop_ms: float = 100.0, threshold: float = 0.5, smooth: int = 5,
@@ -124,7 +120,7 @@ class StreamingDetector:
             raise ValueError(f"refractory_ms and peak_wait_ms must be >= 0, got {refractory_ms}, {peak_wait_ms}")
         self.threshold, self.smooth = threshold, smooth
         self.refractory_s, self.peak_wait_s = refractory_ms / 1000.0, peak_wait_ms / 1000.0
-        self.net = net if net is not None else model.fast_net
+        self.net = net if net is not None else model.cpu_net
         self.logmel = model.features
         stft_hop = self.logmel.mel.spectrogram.hop_length
         self.incremental = incremental and self.hop % stft_hop == 0 and CLIP_SAMPLES % stft_hop == 0

@@ -12,7 +12,8 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
-from . import checkpoint
+from sctrain.training.checkpoint import files as checkpoint
+from sctrain.utils import first_line
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class Checkpointer:
             try:
                 target.load_state_dict(state[name])
             except (RuntimeError, ValueError, KeyError, TypeError) as e:
-                reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                reason = first_line(e, limit=200)
                 raise checkpoint.CheckpointError(
                     f"{path}: its {name} does not fit this run's config ({reason}); resume it with its own "
                     "config, or start over with train.resume=never or another output_dir") from None

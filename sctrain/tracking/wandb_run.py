@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from .config import ConfigError
+from sctrain.config import ConfigError
+from sctrain.utils import first_line
 
 try:
     import wandb
@@ -70,7 +71,7 @@ def _spectrogram_image(logmel: np.ndarray) -> np.ndarray:
 
 
 class WandbRun:
-    """One live W&B run; :class:`sctrain.tracking.Tracker` forwards every call here."""
+    """One live W&B run; :class:`sctrain.tracking.tracker.Tracker` forwards every call here."""
 
     def __init__(self, run: Any, log_examples: int, first_step: int = 0) -> None:
         self.run = run
@@ -104,7 +105,7 @@ class WandbRun:
         except Exception as e:  # noqa: BLE001 - no network / bad key must not cost the training run
             if mode == "offline" or cfg.mode == "online":
                 raise
-            reason = (str(e).splitlines() or [type(e).__name__])[0]
+            reason = first_line(e)
             log.warning("W&B: could not start an online run (%s); logging offline instead", reason)
             run = wandb.init(**{**kwargs, "mode": "offline"})
         run.define_metric("val/acc", summary="max")

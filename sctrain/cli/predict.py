@@ -1,0 +1,120 @@
+"""``python -m sctrain.predict CKPT FILE [FILE ...]``: top-k keywords per file, or detections with ``--stream``.
+
+Files may have any sample rate, channel count and length (see :mod:`sctrain.inference.predict`). A file that cannot
+be read gets a one-line error and the others are still scored; the exit status is then 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Optional
+
+EXIT_ERROR = 2
+
+EPILOG = """\
+examples:
+  python -m sctrain.predict runs/sc/best_sc.pt clip.wav other.flac --top-k 3
+  python -m sctrain.predict runs/sc/best_sc.pt long_recording.wav --stream --threshold 0.5 --json
+
+Runs on one thread unless --threads says otherwise: a 1 s clip is too little work per operator for a
+thread pool to pay reliably, and on a busy machine PyTorch's OpenMP pool makes batch-1 inference many
+times slower (python -m sctrain.bench latency measures both).
+"""
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m sctrain.predict", epilog=EPILOG,
+                                description="Classify audio files (or spot keywords in them) with a best_sc.pt.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="best_sc.pt written by training")
+    p.add_argument("files", nargs="+", metavar="FILE", help="audio files (any rate, channels, length)")
+    p.add_argument("--top-k", type=int, default=3, help="labels shown per file (default 3)")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    p.add_argument("--threads", type=int, default=1, help="PyTorch intra-op threads (default 1)")
+    s = p.add_argument_group("streaming (--stream)")
+    s.add_argument("--stream", action="store_true", help="slide a 1 s window over each file and report keyword events")
+    s.add_argument("--hop-ms", type=float, default=100.0, help="window hop in ms (default 100)")
+    s.add_argument("--threshold", type=float, default=0.5,
+                   help="smoothed keyword posterior that opens an event (default 0.5)")
+    s.add_argument("--smooth", type=int, default=5, help="windows averaged before thresholding (default 5)")
+    s.add_argument("--refractory-ms", type=float, default=1000.0,
+                   help="no new event this long after one (default 1000)")
+    args = p.parse_args(argv)
+    if args.top_k < 1:
+        p.error(f"--top-k must be >= 1, got {args.top_k}")
+    if args.threads < 1:
+        p.error(f"--threads must be >= 1, got {args.threads}")
+    if not 0 < args.hop_ms <= 1000:
+        p.error(f"--hop-ms must be in (0, 1000], got {args.hop_ms}")
+    if not 0 < args.threshold <= 1:
+        p.error(f"--threshold must be in (0, 1], got {args.threshold}")
+    if args.smooth < 1:
+        p.error(f"--smooth must be >= 1, got {args.smooth}")
+    if args.refractory_ms < 0:
+        p.error(f"--refractory-ms must be >= 0, got {args.refractory_ms}")
+    return args
+
+
+def _stream_file(model, path: str, args: argparse.Namespace) -> dict:
+    from sctrain.audio.constants import SAMPLE_RATE
+    from sctrain.audio.io import read_audio
+    from sctrain.inference.streaming import StreamingDetector
+
+    wave = read_audio(path)
+    detector = StreamingDetector(model, hop_ms=args.hop_ms, threshold=args.threshold, smooth=args.smooth,
+                                 refractory_ms=args.refractory_ms)
+    events = detector.process(wave)
+    return {"file": path, "duration_s": len(wave) / SAMPLE_RATE, "events": [e.to_dict() for e in events],
+            "windows": detector.windows, "real_time_factor": detector.real_time_factor}
+
+
+def _text(result: dict) -> str:
+    if "error" in result:
+        return f"{result['file']}: error: {result['error']}"
+    if "events" in result:
+        lines = [f"{result['file']}: {len(result['events'])} detections in {result['duration_s']:.2f} s "
+                 f"({result['windows']} windows, real-time factor {result['real_time_factor']:.3f})"]
+        lines += [f"  {e['start_s']:8.2f} s  {e['label']:<10} {e['score']:.3f}" for e in result["events"]]
+        return "\n".join(lines)
+    top = "  ".join(f"{t['label']} {t['prob']:.3f}" for t in result["top"])
+    where = (f"  (best of {result['windows']} windows: {result['window_start_s']:.2f} s of "
+             f"{result['duration_s']:.2f} s)" if result["windows"] > 1 else "")
+    return f"{result['file']}: {top}{where}"
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname).1s %(name)s: %(message)s")
+    import torch
+
+    from sctrain.audio.io import AudioError
+    from sctrain.inference.loading import load_model
+    from sctrain.inference.predict import predict_file
+    from sctrain.training.checkpoint.files import CheckpointError
+
+    torch.set_num_threads(args.threads)
+    try:
+        model = load_model(args.checkpoint)
+    except CheckpointError as e:
+        print(f"sctrain: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    results, failed = [], 0
+    for path in args.files:
+        try:
+            result = _stream_file(model, path, args) if args.stream else predict_file(model, path, args.top_k)
+        except AudioError as e:
+            failed += 1
+            print(f"sctrain: error: {e}", file=sys.stderr)
+            result = {"file": path, "error": str(e)}
+        results.append(result)
+        if not args.json and "error" not in result:
+            print(_text(result), flush=True)
+    if args.json:
+        print(json.dumps({"checkpoint": args.checkpoint, "labels": model.labels, "results": results}, indent=2))
+    return EXIT_ERROR if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
