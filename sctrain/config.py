@@ -67,6 +67,7 @@ class DataConfig:
 @dataclass
 class FeatureConfig:
     n_mels: int = doc(64, "mel bands of the log-mel spectrogram")
+    n_mfcc: int = doc(0, "MFCC coefficients (DCT-II of the log-mel) the model sees instead of the log-mel; 0 = log-mel")
     n_fft: int = doc(512, "FFT size in samples (512 = 32 ms at 16 kHz)")
     win_length: int = doc(480, "analysis window in samples (480 = 30 ms)")
     hop_length: int = doc(160, "hop between frames in samples (160 = 10 ms, 101 frames per second)")
@@ -75,6 +76,7 @@ class FeatureConfig:
 
     def __post_init__(self) -> None:
         _require(self.n_mels > 0, "features.n_mels", "must be > 0")
+        _require(0 <= self.n_mfcc <= self.n_mels, "features.n_mfcc", f"must be in [0, n_mels={self.n_mels}]")
         _require(self.win_length <= self.n_fft, "features.win_length", f"must be <= features.n_fft ({self.n_fft})")
         _require(0 < self.hop_length <= self.win_length, "features.hop_length", "must be in (0, win_length]")
         _require(0 <= self.f_min < self.f_max <= 8000, "features.f_max", "need 0 <= f_min < f_max <= 8000")
@@ -122,6 +124,64 @@ class KWSNetConfig:
         _require(0.0 <= self.dropout < 1.0, "model.kwsnet.dropout", "must be in [0, 1)")
 
 
+@dataclass
+class BCResNetConfig:
+    width: float = doc(1.0, "width multiplier tau of BC-ResNet-tau: 1, 1.5, 2, 3, 6 or 8 in the paper "
+                            "(9.2k-321k params)")
+    sub_bands: int = doc(5, "SubSpectral Normalisation bands; features.n_mels must be divisible by it, and by it x 4")
+    dropout: float = doc(0.1, "channel dropout inside each block (the paper's 0.1)")
+
+    def __post_init__(self) -> None:
+        _require(self.width > 0, "model.bcresnet.width", f"must be > 0, got {self.width}")
+        _require(self.sub_bands >= 1, "model.bcresnet.sub_bands", "must be >= 1")
+        _require(0.0 <= self.dropout < 1.0, "model.bcresnet.dropout", "must be in [0, 1)")
+
+
+@dataclass
+class MatchboxNetConfig:
+    blocks: int = doc(3, "B of MatchboxNet BxRxC: residual blocks (3 or 6 in the paper)")
+    repeats: int = doc(2, "R: time-channel separable sub-blocks per block (1 or 2)")
+    channels: int = doc(64, "C: channels of the blocks (64)")
+    dropout: float = doc(0.0, "dropout after each sub-block")
+
+    def __post_init__(self) -> None:
+        for name in ("blocks", "repeats", "channels"):
+            _require(getattr(self, name) >= 1, f"model.matchboxnet.{name}", "must be >= 1")
+        _require(0.0 <= self.dropout < 1.0, "model.matchboxnet.dropout", "must be in [0, 1)")
+
+
+@dataclass
+class TCResNetConfig:
+    depth: int = doc(8, "TC-ResNet8 or TC-ResNet14")
+    width_multiplier: float = doc(1.0, "channel multiplier k of TC-ResNet-k (1 or 1.5 in the paper)")
+    dropout: float = doc(0.5, "dropout before the linear head (the reference's 0.5)")
+
+    def __post_init__(self) -> None:
+        _require(self.depth in (8, 14), "model.tcresnet.depth", f"must be 8 or 14, got {self.depth}")
+        _require(self.width_multiplier > 0, "model.tcresnet.width_multiplier", "must be > 0")
+        _require(0.0 <= self.dropout < 1.0, "model.tcresnet.dropout", "must be in [0, 1)")
+
+
+@dataclass
+class DSCNNConfig:
+    size: str = doc("S", "Hello Edge DS-CNN size: S, M or L (23k, 137k, 414k params)")
+    dropout: float = doc(0.0, "dropout before the linear head")
+
+    def __post_init__(self) -> None:
+        _require(self.size in ("S", "M", "L"), "model.dscnn.size", f"must be S, M or L, got {self.size!r}")
+        _require(0.0 <= self.dropout < 1.0, "model.dscnn.dropout", "must be in [0, 1)")
+
+
+@dataclass
+class KWTConfig:
+    size: int = doc(1, "Keyword Transformer KWT-1, -2 or -3 (607k, 2.4M, 5.4M params)")
+    dropout: float = doc(0.0, "dropout inside the encoder layers")
+
+    def __post_init__(self) -> None:
+        _require(self.size in (1, 2, 3), "model.kwt.size", f"must be 1, 2 or 3, got {self.size}")
+        _require(0.0 <= self.dropout < 1.0, "model.kwt.dropout", "must be in [0, 1)")
+
+
 class _Sections:
     """Fills every nested section left unset with its defaults (a dataclass mixin)."""
 
@@ -135,6 +195,12 @@ class _Sections:
 class ModelConfig(_Sections):
     name: str = doc("kwsnet", "model family (python -m sctrain --list-models); its settings are in model.<name>")
     kwsnet: KWSNetConfig = doc(None, "the seed's CNN: four 3x3 conv blocks, global average pool, linear head")
+    bcresnet: BCResNetConfig = doc(None, "BC-ResNet (Kim et al. 2021): broadcasted residual blocks, SubSpectral Norm")
+    matchboxnet: MatchboxNetConfig = doc(None, "MatchboxNet (Majumdar & Ginsburg 2020): 1-D time-channel "
+                                               "separable convolutions")
+    tcresnet: TCResNetConfig = doc(None, "TC-ResNet (Choi et al. 2019): temporal convolutions, features as channels")
+    dscnn: DSCNNConfig = doc(None, "DS-CNN (Zhang et al. 2017, Hello Edge): depthwise-separable CNN")
+    kwt: KWTConfig = doc(None, "Keyword Transformer (Berg et al. 2021): a ViT over time-frame patches")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -147,11 +213,13 @@ class TrainConfig:
     epochs: int = doc(20, "passes over the (balanced) training stream")
     batch_size: int = doc(128, "clips per step on each process (global batch = batch_size x processes)")
     eval_batch_size: int = doc(512, "clips per evaluation batch on each process")
-    lr: float = doc(3e-3, "peak AdamW learning rate (reached after warmup)")
+    optimizer: str = doc("adamw", "adamw, or sgd (momentum SGD, as BC-ResNet trains)")
+    momentum: float = doc(0.9, "sgd: momentum")
+    lr: float = doc(3e-3, "peak learning rate (reached after warmup)")
     min_lr_ratio: float = doc(0.01, "final learning rate as a fraction of lr (cosine decay)")
     warmup_epochs: float = doc(1.0, "linear warmup length in epochs")
     schedule: str = doc("cosine", "learning-rate schedule after warmup: cosine or constant")
-    weight_decay: float = doc(0.01, "AdamW weight decay")
+    weight_decay: float = doc(0.01, "weight decay (AdamW's decoupled one, or sgd's L2 term)")
     label_smoothing: float = doc(0.0, "label smoothing of the cross-entropy loss")
     grad_clip: float = doc(0.0, "clip the gradient norm to this value (0 = off)")
     balance: str = doc("sampler", "class balance: 'sampler' (weighted sampler), 'loss' (class-weighted loss) or 'none'")
@@ -172,6 +240,8 @@ class TrainConfig:
         _require(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
         _require(self.eval_batch_size >= 1, "train.eval_batch_size", "must be >= 1")
         _require(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        _require(self.optimizer in ("adamw", "sgd"), "train.optimizer", f"must be adamw or sgd, got {self.optimizer!r}")
+        _require(0 <= self.momentum < 1, "train.momentum", "must be in [0, 1)")
         _require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]")
         _require(self.warmup_epochs >= 0, "train.warmup_epochs", "must be >= 0")
         _require(self.schedule in ("cosine", "constant"), "train.schedule", f"must be cosine or constant, got "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torchaudio.functional import create_dct
 from torchaudio.transforms import MelSpectrogram
 
 from sctrain.audio import cpu_kernels
@@ -23,7 +24,7 @@ NORM_EPS = 1e-5
 
 def feature_shape(cfg: FeatureConfig) -> tuple[int, int]:
     """``(bands, frames)`` of the features :class:`LogMel` computes for one clip: what a network is built for."""
-    return cfg.n_mels, frames_per_clip(cfg.hop_length)
+    return cfg.n_mfcc or cfg.n_mels, frames_per_clip(cfg.hop_length)
 
 
 def normalise_per_clip(spec: Tensor) -> Tensor:
@@ -52,6 +53,9 @@ class LogMel(nn.Module):
     the bands of the filterbank that are non-zero (:func:`mel_blocks`). Always computed in float32: in
     fp16/bf16 the power spectrum under- and overflows and the log of the mel energies loses most of its
     resolution, so the module switches autocast off.
+
+    With ``cfg.n_mfcc > 0`` the bands are MFCCs instead: the orthonormal DCT-II of each frame's log-mel
+    (torchaudio's ``MFCC`` with natural-log mels), one matrix product more, before the same normalisation.
     """
 
     def __init__(self, cfg: FeatureConfig, sample_rate: int = SAMPLE_RATE) -> None:
@@ -69,6 +73,8 @@ class LogMel(nn.Module):
                                  persistent=False)
         # The CPU kernel's copy of the filterbank: plain tensors, not buffers, since it only ever runs on the CPU.
         self.sparse_fb = cpu_kernels.sparse_filterbank(self.mel.mel_scale.fb)
+        dct = create_dct(cfg.n_mfcc, cfg.n_mels, norm="ortho") if cfg.n_mfcc else None  # [n_mels, n_mfcc]
+        self.register_buffer("dct", dct, persistent=False)
 
     def forward(self, wave: Tensor) -> Tensor:
         # reshape, not a rank check, folds [T] and [B, T] into [B, T]: no Python branch for export to trace.
@@ -78,11 +84,14 @@ class LogMel(nn.Module):
         return spec.transpose(-1, -2).unsqueeze(1)
 
     def log_mel(self, wave: Tensor, center: bool = True) -> Tensor:
-        """``[B, T]`` float32 -> un-normalised log-mel ``[B, frames, n_mels]`` (frames-major)."""
+        """``[B, T]`` float32 -> un-normalised log-mel ``[B, frames, n_mels]`` (frames-major), or MFCCs
+        ``[B, frames, n_mfcc]`` when the config asks for them."""
         spec = self.spectrum(wave, center)
         if cpu_kernels.usable(spec):  # the offset is added in the kernel's pass, the log in place
-            return cpu_kernels.mel_energies(spec, self.sparse_fb, offset=LOG_OFFSET).log_()
-        return torch.log(self.mel_energies(power_spectrum(spec)) + LOG_OFFSET)
+            log_mel = cpu_kernels.mel_energies(spec, self.sparse_fb, offset=LOG_OFFSET).log_()
+        else:
+            log_mel = torch.log(self.mel_energies(power_spectrum(spec)) + LOG_OFFSET)
+        return log_mel if self.dct is None else log_mel @ self.dct
 
     def spectrum(self, wave: Tensor, center: bool = True) -> Tensor:
         """``[B, T]`` float32 -> complex STFT ``[B, frames, n_fft // 2 + 1]`` (frames-major).

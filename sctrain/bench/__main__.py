@@ -8,6 +8,7 @@ BENCHMARKS = {
     "pipeline": "input pipeline clips/s: packed arrays + device-side features vs a per-sample seed-style loader",
     "scaling": "the same short training with 1 and 2 processes: clips/s and scaling efficiency",
     "latency": "inference latency and throughput of a checkpoint: eager, compiled, ONNX Runtime",
+    "models": "every model family: params, MACs, CPU latency, training clips/s, accuracy in a time budget",
 }
 
 

@@ -5,7 +5,7 @@ Two inputs (``--input``):
 - ``audio`` (default): ``float32 [batch, 16000]``, 1 s of mono 16 kHz audio in [-1, 1] (int16 / 32768).
   The log-mel front end is inside the graph (the ONNX graph uses the standard ``STFT`` operator, opset
   17+), so a consumer needs nothing but the runtime.
-- ``logmel``: ``float32 [batch, 1, n_mels, frames]``, the per-clip normalised log-mel that
+- ``logmel``: ``float32 [batch, 1, bands, frames]``, the per-clip normalised log-mel (or MFCC) that
   :class:`sctrain.audio.features.LogMel` computes (its parameters are in the metadata), for runtimes that
   compute features themselves, e.g. incrementally in a stream.
 
@@ -32,7 +32,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from sctrain.audio.constants import CLIP_SAMPLES, SAMPLE_RATE, frames_per_clip
+from sctrain.audio.constants import CLIP_SAMPLES, SAMPLE_RATE
+from sctrain.audio.features import feature_shape
 from sctrain.audio.io import read_audio
 from sctrain.data.speechcommands import BACKGROUND_DIR
 from sctrain.inference.loading import LoadedModel
@@ -58,8 +59,7 @@ class ExportError(RuntimeError):
 def input_shape(model: LoadedModel, kind: str) -> list:
     if kind == "audio":
         return ["batch", CLIP_SAMPLES]
-    frames = frames_per_clip(model.config.features.hop_length)
-    return ["batch", 1, model.config.features.n_mels, frames]
+    return ["batch", 1, *feature_shape(model.config.features)]
 
 
 META_KEYS = ("sctrain.format", "sctrain.labels", "sctrain.input", "sctrain.input_shape", "sctrain.sample_rate",

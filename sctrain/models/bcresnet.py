@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from sctrain.models.folding import FoldedNet
+from sctrain.models.registry import register_model
+
 VARIANTS: dict[str, dict] = {name: {"width": float(name)} for name in ("1", "1.5", "2", "3", "6", "8")}
 
 # Table 3 of the paper: trainable parameters, multiplies, top-1 test accuracy (%) on Speech Commands v1/v2-12.
@@ -143,3 +146,9 @@ class BCResNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.classifier(self.blocks(self.stem(x)))
         return self.head(self.head_dropout(x))
+
+
+@register_model("bcresnet", cpu_copy=FoldedNet, test_size={"width": 1.0}, features=FEATURES)
+def build_bcresnet(cfg, num_classes: int, n_features: int, frames: int) -> BCResNet:
+    """BC-ResNet (Kim et al. 2021): broadcasted residual blocks with SubSpectral Normalisation."""
+    return BCResNet(num_classes, n_features, frames, width=cfg.width, dropout=cfg.dropout, sub_bands=cfg.sub_bands)

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from sctrain.models.folding import FoldedChannelsLastNet
+from sctrain.models.registry import register_model
+
 # Per size: channels of every layer, number of depthwise-separable layers, (freq, time) stride of the first
 # conv, (freq, time) stride of the first depthwise-separable layer (later ones have stride 1).
 _SIZES = {
@@ -93,3 +96,9 @@ class DSCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.head_dropout(self.features(x)))
+
+
+@register_model("dscnn", cpu_copy=FoldedChannelsLastNet, test_size={"size": "S"}, features=FEATURES)
+def build_dscnn(cfg, num_classes: int, n_features: int, frames: int) -> DSCNN:
+    """DS-CNN S/M/L (Zhang et al. 2017, Hello Edge): depthwise-separable 2-D CNN."""
+    return DSCNN(num_classes, n_features, frames, size=cfg.size, dropout=cfg.dropout)

@@ -13,6 +13,9 @@ import math
 import torch
 from torch import Tensor, nn
 
+from sctrain.models.folding import PlainNet
+from sctrain.models.registry import register_model
+
 VARIANTS: dict[str, dict] = {
     "1": {"dim": 64, "depth": 12, "heads": 1, "mlp_dim": 256},
     "2": {"dim": 128, "depth": 12, "heads": 2, "mlp_dim": 512},
@@ -114,3 +117,9 @@ class KWT(nn.Module):
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
         x = self.layers(x)[:, 0]  # the class token's final state
         return self.head(self.head_dropout(x))
+
+
+@register_model("kwt", cpu_copy=PlainNet, test_size={"size": 1}, features=FEATURES)
+def build_kwt(cfg, num_classes: int, n_features: int, frames: int) -> KWT:
+    """Keyword Transformer KWT-1/2/3 (Berg et al. 2021): a ViT over time-frame patches."""
+    return KWT(num_classes, n_features, frames, **VARIANTS[str(cfg.size)], dropout=cfg.dropout)

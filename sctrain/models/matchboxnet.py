@@ -13,6 +13,9 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from sctrain.models.folding import FoldedNet
+from sctrain.models.registry import register_model
+
 VARIANTS: dict[str, dict] = {
     "3x1x64": {"blocks": 3, "repeats": 1, "channels": 64},
     "3x2x64": {"blocks": 3, "repeats": 2, "channels": 64},
@@ -119,3 +122,11 @@ class MatchboxNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.epilogue(self.blocks(self.prologue(x.flatten(1, 2))))  # [B, 1, F, T] -> [B, F, T]
         return self.head(self.head_dropout(self.pool(x).flatten(1)))
+
+
+@register_model("matchboxnet", cpu_copy=FoldedNet, test_size={"blocks": 1, "repeats": 1, "channels": 8},
+                features=FEATURES)
+def build_matchboxnet(cfg, num_classes: int, n_features: int, frames: int) -> MatchboxNet:
+    """MatchboxNet BxRxC (Majumdar & Ginsburg 2020): 1-D time-channel separable convolutions."""
+    return MatchboxNet(num_classes, n_features, frames, blocks=cfg.blocks, repeats=cfg.repeats, channels=cfg.channels,
+                       dropout=cfg.dropout)

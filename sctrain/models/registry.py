@@ -16,10 +16,12 @@ from typing import Any, Callable
 from torch import nn
 
 from sctrain.audio.features import feature_shape
+from sctrain.config import ConfigError
 
 # Modules that register a family when imported; importing them lazily keeps ``sctrain.models.registry``
 # importable from the family modules themselves.
-FAMILY_MODULES = ("sctrain.models.kwsnet",)
+FAMILY_MODULES = tuple(f"sctrain.models.{name}" for name in ("kwsnet", "bcresnet", "matchboxnet", "tcresnet", "dscnn",
+                                                                 "kwt"))
 
 
 @dataclass(frozen=True)
@@ -31,19 +33,23 @@ class ModelFamily:
     cpu_copy: Callable[[nn.Module], nn.Module]
     # Config values of a tiny variant: the registry-parametrised tests train and export it in seconds.
     test_size: dict = field(default_factory=dict)
+    # The front end the family's paper used (FeatureConfig keys); configs/models/<name>.yaml sets it.
+    features: dict = field(default_factory=dict)
     doc: str = ""
 
 
 _FAMILIES: dict[str, ModelFamily] = {}
 
 
-def register_model(name: str, *, cpu_copy: Callable[[nn.Module], nn.Module], test_size: dict | None = None):
+def register_model(name: str, *, cpu_copy: Callable[[nn.Module], nn.Module], test_size: dict | None = None,
+                   features: dict | None = None):
     """Decorator: register ``build`` as the family ``name`` (its config section is ``model.<name>``)."""
 
     def decorate(build: Callable[[Any, int, int, int], nn.Module]):
         if name in _FAMILIES and _FAMILIES[name].build is not build:
             raise ValueError(f"model family {name!r} is registered twice")
-        _FAMILIES[name] = ModelFamily(name, build, cpu_copy, dict(test_size or {}), (build.__doc__ or "").strip())
+        _FAMILIES[name] = ModelFamily(name, build, cpu_copy, dict(test_size or {}), dict(features or {}),
+                                      (build.__doc__ or "").strip())
         return build
 
     return decorate
@@ -76,7 +82,10 @@ def create_model(model_cfg: Any, features_cfg: Any, num_classes: int) -> nn.Modu
     """The network ``model_cfg`` (a :class:`sctrain.config.ModelConfig`) describes, freshly initialised, for
     the features ``features_cfg`` (a :class:`sctrain.config.FeatureConfig`) computes."""
     n_features, frames = feature_shape(features_cfg)
-    return get_family(model_cfg.name).build(model_section(model_cfg), num_classes, n_features, frames)
+    try:
+        return get_family(model_cfg.name).build(model_section(model_cfg), num_classes, n_features, frames)
+    except ValueError as e:  # a size the network cannot be built at: a config mistake, said in one line
+        raise ConfigError(f"config section 'model.{model_cfg.name}': {e}") from None
 
 
 def cpu_inference_copy(model_cfg: Any, net: nn.Module) -> nn.Module:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from sctrain.models.folding import FoldedNet
+from sctrain.models.registry import register_model
+
 VARIANTS: dict[str, dict] = {
     "8": {"depth": 8, "width_multiplier": 1.0},
     "8-1.5": {"depth": 8, "width_multiplier": 1.5},
@@ -89,3 +92,10 @@ class TCResNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.blocks(self.stem(x.flatten(1, 2)))  # [B, 1, F, T] -> [B, F, T]: coefficients as channels
         return self.head(self.head_dropout(self.pool(x).flatten(1)))
+
+
+@register_model("tcresnet", cpu_copy=FoldedNet, test_size={"width_multiplier": 0.25}, features=FEATURES)
+def build_tcresnet(cfg, num_classes: int, n_features: int, frames: int) -> TCResNet:
+    """TC-ResNet8/14 (Choi et al. 2019): temporal convolutions over the features as channels."""
+    return TCResNet(num_classes, n_features, frames, depth=cfg.depth, width_multiplier=cfg.width_multiplier,
+                    dropout=cfg.dropout)

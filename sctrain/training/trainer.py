@@ -69,6 +69,13 @@ def lr_lambda(cfg: Config, steps_per_epoch: int):
     return factor
 
 
+def make_optimizer(cfg: Config, parameters) -> torch.optim.Optimizer:
+    if cfg.train.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=cfg.train.lr, momentum=cfg.train.momentum,
+                               weight_decay=cfg.train.weight_decay)
+    return torch.optim.AdamW(parameters, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
+
 def class_weights(data: PackedDataset, device: torch.device) -> torch.Tensor:
     """Inverse-frequency weights (mean 1 over present classes) for the class-weighted loss."""
     counts = data.split("train").class_counts(len(data.labels)).astype(np.float64)
@@ -107,8 +114,7 @@ class Trainer:
             self.model = convert_sync_batchnorm(self.model, self.device)  # CPU (gloo) too, unlike torch's
         background = torch.from_numpy(np.asarray(self.data.background))
         self.frontend = FrontEnd(cfg.features, cfg.augment, background).to(self.device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr,
-                                           weight_decay=cfg.train.weight_decay)
+        self.optimizer = make_optimizer(cfg, self.model.parameters())
         # The scheduler is stepped by us, once per optimizer step: Accelerate's wrapper would step it
         # num_processes times, assuming a loader it sharded itself.
         self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
