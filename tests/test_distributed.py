@@ -35,7 +35,7 @@ TINY = ["--config", "configs/debug.yaml", "model.kwsnet.width=8", "data.num_work
         "train.log_every=1"]
 # Same data order and deterministic steps: no augmentation, no dropout, constant LR, one short epoch.
 EXACT = ["augment.shift_p=0", "augment.noise_p=0", "augment.mask_p=0", "augment.gain_db=0", "augment.mixup_p=0",
-         "model.dropout=0", "train.schedule=constant", "train.warmup_epochs=0", "train.epochs=1",
+         "model.kwsnet.dropout=0", "train.schedule=constant", "train.warmup_epochs=0", "train.epochs=1",
          f"train.max_steps={STEPS}"]
 
 pytestmark = pytest.mark.slow

@@ -159,7 +159,7 @@ def test_steps_only_go_up_and_none_is_logged_twice(resumed_run):
 def test_config_and_per_step_keys(resumed_run):
     _, runs, _, _ = resumed_run
     config = runs[-1].config
-    assert config["train"]["epochs"] == EPOCHS and config["model"]["width"] == 8
+    assert config["train"]["epochs"] == EPOCHS and config["model"]["kwsnet"]["width"] == 8
     assert config["tracking"]["wandb"] is True and config["tracking"]["tags"] == ["test", "resume"]
     for row in runs[-1].rows_with("train/loss"):
         assert {"train/lr", "train/clips_per_s", "train/epoch"} <= set(row), row.keys()
