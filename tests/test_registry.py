@@ -179,10 +179,13 @@ def test_ddp_with_cpu_syncbn_equals_one_process(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", FAMILIES)
-def test_torch_compile_matches_eager(name):
+def test_torch_compile_captures_one_graph(name):
+    """Dynamo captures forward and backward as one graph (no graph break); the ``aot_eager`` backend runs it
+    without inductor's code generation, which is the same for every family and costs ~40 s per compile
+    here (:func:`test_trainer_compiles_with_inductor` runs it once, through the trainer)."""
     cfg = family_config(name)
     net = without_dropout(tiny_net(cfg)).train()
-    compiled = torch.compile(net)
+    compiled = torch.compile(net, backend="aot_eager", fullgraph=True)
     x = random_features(cfg, 4)
     eager_out = net(x)
     compiled_out = compiled(x)
@@ -234,15 +237,25 @@ def test_end_to_end_run_writes_a_best_checkpoint_and_latency(name, e2e_runs):
 
 
 @pytest.mark.slow
+def test_trainer_compiles_with_inductor(synthetic_root, tmp_path):
+    results = run_family("kwsnet", synthetic_root, tmp_path, "train.compile=true", "train.max_steps=2",
+                         "latency.enabled=false")
+    assert results["steps"] == 2 and 0.0 <= results["test_acc"] <= 1.0
+    assert not any(k.startswith("_orig_mod.") for k in load_best(tmp_path / "best_sc.pt")["model"])
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FAMILIES)
 def test_exact_resume(name, e2e_runs, synthetic_root, tmp_path):
     reference, _ = e2e_runs(name)
     run_family(name, synthetic_root, tmp_path, "train.max_steps=3")  # stops mid-epoch, after a state at step 2
     assert load_state(list_states(tmp_path)[0])["progress"]["global_step"] == 3
     run_family(name, synthetic_root, tmp_path)  # the same command without the limit resumes and finishes
-    best, ref_best = load_best(tmp_path / "best_sc.pt"), load_best(reference / "best_sc.pt")
-    for key, tensor in ref_best["model"].items():
-        assert torch.equal(best["model"][key], tensor), f"{name}: {key} differs after resume"
+    # The last states, not best_sc.pt: the interrupted run also evaluated at step 3, which may have been best.
+    last, ref_last = load_state(list_states(tmp_path)[0]), load_state(list_states(reference)[0])
+    assert last["progress"] == ref_last["progress"]
+    for key, tensor in ref_last["model"].items():
+        assert torch.equal(last["model"][key], tensor), f"{name}: {key} differs after resume"
 
 
 @pytest.mark.slow
@@ -270,3 +283,17 @@ def test_predict_stream_export_and_latency_bench(name, e2e_runs, synthetic_root,
                          "--no-torchscript", "--stream-seconds", "2", "--json", str(report)]) == 0
     figures = json.loads(report.read_text())
     assert figures["model"] == name and figures["cpu_copy"] == type(model.cpu_net).description
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_recipe_config_builds_its_family(name):
+    cfg = load_config(REPO / "configs" / "models" / f"{name}.yaml")
+    assert cfg.model.name == name
+    for key, value in get_family(name).features.items():  # the recipe uses the front end its paper used
+        assert getattr(cfg.features, key) == value, key
+    create_model(cfg.model, cfg.features, 12)
+
+
+def test_kwsnet_recipe_is_the_default_config():
+    recipe, default = (load_config(REPO / "configs" / p).to_dict() for p in ("models/kwsnet.yaml", "default.yaml"))
+    assert {**recipe, "output_dir": None} == {**default, "output_dir": None}

@@ -238,12 +238,3 @@ def test_bcresnet_rejects_feature_sizes_its_subspectral_norm_cannot_split():
 def test_kwt_has_one_positional_embedding_row_per_frame_plus_the_class_token():
     model = kwt.KWT(12, 40, 98, dim=16, depth=1, heads=1, mlp_dim=32)
     assert model.pos_embed.shape == (1, 99, 16)
-
-
-@pytest.mark.slow
-def test_torch_compile_matches_eager():
-    model, x = _build("tcresnet")
-    model.eval()
-    compiled = torch.compile(model)
-    with torch.no_grad():
-        _close(compiled(x), model(x))

@@ -169,6 +169,9 @@ class EvalShard(torch.utils.data.Sampler[int]):
 
 def eval_loader(split: PackedSplit, batch_size: int, num_replicas: int, rank: int,
                 num_workers: int = 0, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    # A private generator: without one, each DataLoader iterator draws its base seed from the global RNG,
+    # and an evaluation that only an interrupted run makes (a train.max_steps stop) would shift the
+    # augmentation draws of the steps after it, so the resumed run would no longer match an uninterrupted one.
     return torch.utils.data.DataLoader(
         ClipDataset(split), batch_size=batch_size, sampler=EvalShard(len(split), num_replicas, rank),
-        num_workers=num_workers, collate_fn=collate_batch, pin_memory=pin_memory)
+        num_workers=num_workers, collate_fn=collate_batch, pin_memory=pin_memory, generator=torch.Generator())
