@@ -1,0 +1,5 @@
+import sys
+
+from sctrain.streameval.cli import main
+
+sys.exit(main())
