@@ -34,6 +34,9 @@ KEYWORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go
 UNKNOWN = "_unknown_"
 SILENCE = "_silence_"
 KWS12_LABELS = KEYWORDS + [UNKNOWN, SILENCE]
+# Labels that mean "no keyword here": never a detection, and a long file's answer comes from a window that
+# heard a word when one did.
+FILLER_LABELS = (SILENCE, UNKNOWN)
 
 URLS = {
     "v0.01": "http://download.tensorflow.org/data/speech_commands_v0.01.tar.gz",

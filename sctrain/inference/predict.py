@@ -13,12 +13,9 @@ import torch
 
 from sctrain.audio.constants import CLIP_SAMPLES, SAMPLE_RATE
 from sctrain.audio.io import read_source, to_model_rate
-from sctrain.data.speechcommands import SILENCE, UNKNOWN
+from sctrain.data.speechcommands import FILLER_LABELS
 from sctrain.inference.loading import LoadedModel
 
-# Labels that mean "no keyword here": a long file's answer comes from a window that heard a word when
-# one did, and streaming never reports them as detections.
-FILLER_LABELS = (SILENCE, UNKNOWN)
 # Hop between the 1 s windows of a file longer than 1 s: a word (<= 1 s) lies wholly inside some window
 # give or take 125 ms, about the time shift the model was trained to tolerate.
 FILE_HOP = CLIP_SAMPLES // 4

@@ -17,13 +17,15 @@ the same numbers. Measured (``python -m sctrain.bench latency``): it does not pa
 end: one STFT over a 1 s window costs a fraction of a millisecond, under a tenth of the CNN's time per
 window, and the three smaller STFT calls the incremental path needs cost more in per-call overhead than
 the frames they save. It would pay with a costlier front end (longer FFTs, smaller hops).
+
+The decisions (smoothing, thresholds, peak wait, refractory period) are those of
+:class:`sctrain.inference.events.EventDecoder`, which replays them over cached posteriors; ``threshold``
+may also be one value per keyword.
 """
 from __future__ import annotations
 
-import collections
 import logging
 import time
-from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
 import numpy as np
@@ -32,22 +34,11 @@ from torch import Tensor
 
 from sctrain.audio.constants import CLIP_SAMPLES, INT16_SCALE, SAMPLE_RATE
 from sctrain.audio.features import LogMel, normalise_per_clip
+from sctrain.data.speechcommands import FILLER_LABELS
+from sctrain.inference.events import Detection, EventDecoder, Thresholds
 from sctrain.inference.loading import LoadedModel
-from sctrain.inference.predict import FILLER_LABELS
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Detection:
-    """A keyword event: the word lies inside ``[start_s, start_s + 1 s]`` of the stream."""
-
-    label: str
-    start_s: float  # start of the 1 s window (centre of the smoothing span) where the score peaked
-    score: float  # smoothed posterior at the peak
-
-    def to_dict(self) -> dict:
-        return {"label": self.label, "start_s": round(self.start_s, 3), "score": round(self.score, 4)}
 
 
 class IncrementalLogMel:
@@ -105,19 +96,16 @@ class StreamingDetector:
     ``model.cpu_net``: BatchNorm folded, channels-last); ``incremental``: see the module docstring.
     """
 
-    def __init__(self, model: LoadedModel, hop_ms: float = 100.0, threshold: float = 0.5, smooth: int = 5,
+    def __init__(self, model: LoadedModel, hop_ms: float = 100.0, threshold: Thresholds = 0.5, smooth: int = 5,
                  refractory_ms: float = 1000.0, peak_wait_ms: float = 1000.0, incremental: bool = False,
                  ignore: Iterable[str] = FILLER_LABELS, net: Optional[Callable[[Tensor], Tensor]] = None) -> None:
         self.labels = list(model.labels)
         self.hop = int(round(hop_ms * SAMPLE_RATE / 1000))
         if not 0 < self.hop <= CLIP_SAMPLES:
             raise ValueError(f"hop_ms must be in (0, 1000], got {hop_ms}")
-        if not 0.0 < threshold <= 1.0:
-            raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-        if smooth < 1:
-            raise ValueError(f"smooth must be >= 1, got {smooth}")
-        if refractory_ms < 0 or peak_wait_ms < 0:
-            raise ValueError(f"refractory_ms and peak_wait_ms must be >= 0, got {refractory_ms}, {peak_wait_ms}")
+        # Validates threshold, smooth, refractory_ms and peak_wait_ms.
+        self.decoder = EventDecoder(self.labels, threshold, smooth, self.hop, refractory_ms / 1000.0,
+                                    peak_wait_ms / 1000.0, ignore)
         self.threshold, self.smooth = threshold, smooth
         self.refractory_s, self.peak_wait_s = refractory_ms / 1000.0, peak_wait_ms / 1000.0
         self.net = net if net is not None else model.cpu_net
@@ -128,16 +116,13 @@ class StreamingDetector:
             log.info("hop %d or the window is not a multiple of the STFT hop %d: features computed per window",
                      self.hop, stft_hop)
         self._features = IncrementalLogMel(self.logmel) if self.incremental else None
-        self._keyword = torch.tensor([lab not in set(ignore) for lab in self.labels])
         self.reset()
 
     def reset(self) -> None:
         # Ring buffer written twice (at i and i + W), so the latest W samples are always one contiguous view.
         self._ring = np.zeros(2 * CLIP_SAMPLES, dtype=np.float32)
         self._seen = 0  # samples received
-        self._history: collections.deque = collections.deque(maxlen=self.smooth)
-        self._pending: Optional[dict] = None
-        self._last_start: Optional[float] = None
+        self.decoder.reset()
         self.windows = 0
         self.compute_s = 0.0
         if self._features is not None:
@@ -168,7 +153,7 @@ class StreamingDetector:
 
     def flush(self) -> list[Detection]:
         """End of stream: emit a candidate still waiting for its peak."""
-        return [self._emit()] if self._pending is not None else []
+        return self.decoder.flush()
 
     def process(self, wave: np.ndarray, chunk: int = 1600) -> list[Detection]:
         """A whole recording, fed in ``chunk``-sample pieces as a microphone callback would."""
@@ -216,27 +201,6 @@ class StreamingDetector:
 
     def _score_window(self) -> list[Detection]:
         start = self._seen - CLIP_SAMPLES
-        self._history.append(self._probs(start))
+        probs = self._probs(start)
         self.windows += 1
-        smoothed = torch.stack(tuple(self._history)).mean(0)
-        # The smoothed score describes the middle of the averaged windows.
-        t = (start - (len(self._history) - 1) / 2 * self.hop) / SAMPLE_RATE
-        scores = torch.where(self._keyword, smoothed, torch.zeros_like(smoothed))
-        best = int(scores.argmax())
-        score = float(scores[best])
-        events = []
-        p = self._pending
-        if p is not None:
-            if score > p["score"]:  # a higher peak, of this label or another: the word the window now centres on
-                p.update(label=best, score=score, start=t)
-            if t - p["opened"] >= self.peak_wait_s:
-                events.append(self._emit())
-        if (self._pending is None and score >= self.threshold
-                and (self._last_start is None or t - self._last_start >= self.refractory_s)):
-            self._pending = {"label": best, "score": score, "start": t, "opened": t}
-        return events
-
-    def _emit(self) -> Detection:
-        p, self._pending = self._pending, None
-        self._last_start = p["start"]
-        return Detection(self.labels[p["label"]], max(0.0, p["start"]), p["score"])
+        return self.decoder.step(probs, start)

@@ -1,0 +1,5 @@
+import sys
+
+from sctrain.cli.streameval import main
+
+sys.exit(main())

@@ -1,0 +1,44 @@
+"""What a stream is built from: a packed split's clips and the split's stretch of the noise recordings."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from sctrain.audio.io import read_audio
+from sctrain.data.dataset import PackedDataset
+from sctrain.data.speechcommands import FILLER_LABELS, UNKNOWN
+
+# The stretch of every noise recording each split may use: the one scan_dataset cuts that split's
+# _silence_ clips from, so validation and test streams never share noise with each other or with them.
+NOISE_STRETCH = {"train": (0.0, 0.8), "validation": (0.8, 0.9), "test": (0.9, 1.0)}
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+
+
+def split_clips(data: PackedDataset, split: str) -> tuple[list, list]:
+    """``(keywords, unknown)``: ``(int16 audio, label)`` pairs of a packed split; _silence_ cuts are left
+    out (the stream's own background plays their part)."""
+    part = data.split(split)
+    keywords, unknown = [], []
+    for audio, label in zip(part.audio, part.labels.tolist()):
+        name = data.labels[label]
+        if name not in FILLER_LABELS:
+            keywords.append((audio, name))
+        elif name == UNKNOWN:
+            unknown.append((audio, name))
+    return keywords, unknown
+
+
+def noise_files(folder: str | Path) -> list[Path]:
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+
+
+def noise_recordings(paths: Sequence[str | Path], split: str) -> list[np.ndarray]:
+    """Float32 16 kHz mono recordings, each cut to ``split``'s stretch of it (see :data:`NOISE_STRETCH`)."""
+    lo, hi = NOISE_STRETCH[split]
+    out = []
+    for path in paths:
+        rec = read_audio(path)
+        out.append(rec[int(lo * len(rec)): int(hi * len(rec))])
+    return [r for r in out if len(r)]
