@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(args.checkpoint)
         streams, sources = _streams(args, model, progress)
         decoder = EventDecoder(model.labels)  # StreamingDetector's defaults: 100 ms hop, 5-window smoothing
-        runs = {split: [(stream_posteriors(model.fast_classifier, s.wave, decoder.hop, progress=progress,
+        runs = {split: [(stream_posteriors(model.cpu_classifier, s.wave, decoder.hop, progress=progress,
                                            desc=f"scoring {split} windows"), s)] for split, s in streams.items()}
         evaluation = evaluate(decoder, runs[args.split], runs["validation"], args.target_fa_per_hour)
         test = streams[args.split]
