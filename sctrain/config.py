@@ -36,6 +36,11 @@ def _require(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"config key '{key}': {message}")
 
 
+def _require_fraction(value: float, key: str) -> None:
+    """A dropout rate or similar share: in [0, 1)."""
+    _require(0.0 <= value < 1.0, key, f"must be in [0, 1), got {value}")
+
+
 @dataclass
 class DataConfig:
     root: str = doc("./_sc_data", "folder holding (or receiving) the SpeechCommands layout; packed arrays are cached "
@@ -121,7 +126,7 @@ class KWSNetConfig:
 
     def __post_init__(self) -> None:
         _require(self.width >= 1, "model.kwsnet.width", f"must be >= 1, got {self.width}")
-        _require(0.0 <= self.dropout < 1.0, "model.kwsnet.dropout", "must be in [0, 1)")
+        _require_fraction(self.dropout, "model.kwsnet.dropout")
 
 
 @dataclass
@@ -134,7 +139,7 @@ class BCResNetConfig:
     def __post_init__(self) -> None:
         _require(self.width > 0, "model.bcresnet.width", f"must be > 0, got {self.width}")
         _require(self.sub_bands >= 1, "model.bcresnet.sub_bands", "must be >= 1")
-        _require(0.0 <= self.dropout < 1.0, "model.bcresnet.dropout", "must be in [0, 1)")
+        _require_fraction(self.dropout, "model.bcresnet.dropout")
 
 
 @dataclass
@@ -147,7 +152,7 @@ class MatchboxNetConfig:
     def __post_init__(self) -> None:
         for name in ("blocks", "repeats", "channels"):
             _require(getattr(self, name) >= 1, f"model.matchboxnet.{name}", "must be >= 1")
-        _require(0.0 <= self.dropout < 1.0, "model.matchboxnet.dropout", "must be in [0, 1)")
+        _require_fraction(self.dropout, "model.matchboxnet.dropout")
 
 
 @dataclass
@@ -159,7 +164,7 @@ class TCResNetConfig:
     def __post_init__(self) -> None:
         _require(self.depth in (8, 14), "model.tcresnet.depth", f"must be 8 or 14, got {self.depth}")
         _require(self.width_multiplier > 0, "model.tcresnet.width_multiplier", "must be > 0")
-        _require(0.0 <= self.dropout < 1.0, "model.tcresnet.dropout", "must be in [0, 1)")
+        _require_fraction(self.dropout, "model.tcresnet.dropout")
 
 
 @dataclass
@@ -169,7 +174,7 @@ class DSCNNConfig:
 
     def __post_init__(self) -> None:
         _require(self.size in ("S", "M", "L"), "model.dscnn.size", f"must be S, M or L, got {self.size!r}")
-        _require(0.0 <= self.dropout < 1.0, "model.dscnn.dropout", "must be in [0, 1)")
+        _require_fraction(self.dropout, "model.dscnn.dropout")
 
 
 @dataclass
@@ -179,7 +184,7 @@ class KWTConfig:
 
     def __post_init__(self) -> None:
         _require(self.size in (1, 2, 3), "model.kwt.size", f"must be 1, 2 or 3, got {self.size}")
-        _require(0.0 <= self.dropout < 1.0, "model.kwt.dropout", "must be in [0, 1)")
+        _require_fraction(self.dropout, "model.kwt.dropout")
 
 
 class _Sections:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from sctrain.models.folding import FoldedChannelsLastNet
+from sctrain.models.init import xavier_uniform
 from sctrain.models.registry import register_model
 
 # Per size: channels of every layer, number of depthwise-separable layers, (freq, time) stride of the first
@@ -88,11 +89,7 @@ class DSCNN(nn.Module):
 
     def _init_weights(self) -> None:
         # The reference initialises convs and the classifier with Xavier (Glorot uniform), biases with zeros.
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        xavier_uniform(self, (nn.Conv2d, nn.Linear))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.head_dropout(self.features(x)))

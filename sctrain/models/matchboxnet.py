@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from sctrain.models.folding import FoldedNet
+from sctrain.models.init import xavier_uniform
 from sctrain.models.registry import register_model
 
 VARIANTS: dict[str, dict] = {
@@ -113,11 +114,7 @@ class MatchboxNet(nn.Module):
 
     def _init_weights(self) -> None:
         # NeMo's default init_mode for ConvASREncoder and the classification decoder: Xavier-uniform weights.
-        for m in self.modules():
-            if isinstance(m, (nn.Conv1d, nn.Linear)):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        xavier_uniform(self, (nn.Conv1d, nn.Linear))
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.epilogue(self.blocks(self.prologue(x.flatten(1, 2))))  # [B, 1, F, T] -> [B, F, T]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from sctrain.models.folding import FoldedNet
+from sctrain.models.init import xavier_uniform
 from sctrain.models.registry import register_model
 
 VARIANTS: dict[str, dict] = {
@@ -83,11 +84,7 @@ class TCResNet(nn.Module):
 
     def _init_weights(self) -> None:
         # The reference initialises every conv with Xavier (Glorot uniform).
-        for m in self.modules():
-            if isinstance(m, (nn.Conv1d, nn.Linear)):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        xavier_uniform(self, (nn.Conv1d, nn.Linear))
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.blocks(self.stem(x.flatten(1, 2)))  # [B, 1, F, T] -> [B, F, T]: coefficients as channels
