@@ -16,7 +16,8 @@ SUBCOMMANDS = {
     "export": ("sctrain.cli.export", "export a checkpoint to ONNX or TorchScript, checked against PyTorch"),
     "report": ("sctrain.cli.report", "regenerate a run's plots and report.md"),
     "synth": ("sctrain.cli.synth", "write a generated SpeechCommands-layout dataset"),
-    "bench": ("sctrain.bench.__main__", "benchmarks: pipeline, scaling, latency"),
+    "bench": ("sctrain.bench.__main__", "benchmarks: pipeline, scaling, latency, models"),
+    "streameval": ("sctrain.cli.streameval", "keyword-spotting streams: hits, misses, false alarms per hour, DET"),
 }
 
 
