@@ -306,6 +306,11 @@ class Config(_Sections):
     latency: LatencyConfig = doc(None, "end-of-run inference latency of the best checkpoint (python -m sctrain.bench "
                                        "latency times more backends)")
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # An empty path is the current folder: best_sc.pt and state/ would land wherever the job started.
+        _require(bool(str(self.output_dir).strip()), "output_dir", "must name a folder, got an empty value")
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

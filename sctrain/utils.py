@@ -1,9 +1,13 @@
 """Small helpers every package uses: atomic file writes and one-line error reasons."""
 from __future__ import annotations
 
+import errno
+import json
+import math
 import os
+import shutil
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Optional
 
 
 def fsync_dir(path: Path) -> None:
@@ -64,3 +68,49 @@ def shorten(text: str, limit: int) -> str:
         return text
     cut = text[: limit - 3].rsplit(" ", 1)[0]
     return (cut if len(cut) > limit // 2 else text[: limit - 3]).rstrip(" ,;:") + "..."
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` as plain JSON data: tensors and numpy scalars or arrays as numbers and lists, and non-finite
+    floats as None (bare NaN / Infinity, which ``json.dumps`` writes by default, is not JSON)."""
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        value = value.item()
+    elif hasattr(value, "tolist") and hasattr(value, "ndim"):  # numpy arrays, tensors
+        value = value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def json_text(value: Any, **kwargs: Any) -> str:
+    """``json.dumps`` of :func:`json_safe` ``(value)``; ``allow_nan=False`` guards against a NaN slipping through."""
+    return json.dumps(json_safe(value), allow_nan=False, **kwargs)
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """True when ``e``, or an error it was raised from, is ENOSPC / EDQUOT: torch.save reports a full disk as
+    a RuntimeError ("unexpected pos ...") raised while handling the OSError."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def no_space_message(path: str | Path, need_bytes: Optional[int] = None) -> str:
+    """'no space left on MOUNT (need ~N MB, M MB free)': the filesystem that holds ``path`` and is full."""
+    path = Path(path).absolute()
+    mount = next((p for p in (path, *path.parents) if p.exists() and os.path.ismount(p)), Path("/"))
+    existing = next((p for p in (path, *path.parents) if p.exists()), mount)
+    try:
+        free = f"{shutil.disk_usage(existing).free / 1e6:.1f} MB free"
+    except OSError:
+        free = "free space unknown"
+    need = f"need ~{max(0.1, need_bytes / 1e6):.1f} MB, " if need_bytes else ""
+    return f"no space left on {mount} ({need}{free})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from typing import Optional
 
@@ -64,7 +65,17 @@ def setup_logging(rank: int) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def resume_command(argv: list[str], cfg) -> str:
+    """The command line that continues the run: this one, since train.resume=auto picks up output_dir's newest
+    state (and a state of output_dir's own wins over train.resume=PATH); only 'never' must go."""
+    argv = [a for a in argv if not a.lstrip("-").startswith("train.resume=never")]
+    if cfg.train.resume == "never":
+        argv.append("train.resume=auto")
+    return shlex.join(["python", "-m", "sctrain", *argv])
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     from sctrain.config import ConfigError, describe, load_config
     from sctrain.training.distributed import env_rank
@@ -79,6 +90,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         for name in list_models():
             print(f"  {name:<12} {get_family(name).doc.splitlines()[0] if get_family(name).doc else ''}")
         return 0
+    cfg = None
     try:
         cfg = load_config(args.config, args.overrides)
         if args.print_config:
@@ -90,15 +102,30 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("sctrain: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as e:
+        from sctrain.training.stopping import EXIT_INTERRUPTED
+        from sctrain.training.trainer import Preempted
+        if isinstance(e, Preempted) and e.code == EXIT_INTERRUPTED and rank == 0:
+            print(f"sctrain: interrupted after step {e.step}; training state saved in {e.state}; resume with: "
+                  f"{resume_command(argv, cfg)}", file=sys.stderr)
+        raise
     except Exception as e:  # noqa: BLE001 - user-facing errors become one line, the rest a traceback
         from sctrain.data.speechcommands import DatasetError
         from sctrain.training.checkpoint.files import CheckpointError
         from sctrain.training.distributed import OtherRankFailed
+        from sctrain.training.rundir import RunDirError
+        from sctrain.training.trainer import TrainingDiverged
+        from sctrain.utils import is_disk_full, no_space_message
         if isinstance(e, OtherRankFailed):
             return EXIT_ERROR
-        if isinstance(e, (ConfigError, DatasetError, CheckpointError)):
-            if rank == 0 or not isinstance(e, ConfigError):  # config errors are identical on every rank
+        if isinstance(e, (ConfigError, DatasetError, CheckpointError, RunDirError, TrainingDiverged)):
+            # Config errors and divergence are identical on every rank: rank 0 speaks for all.
+            if rank == 0 or not isinstance(e, (ConfigError, TrainingDiverged)):
                 print(f"sctrain: error: {e}", file=sys.stderr)
+            return EXIT_ERROR
+        if is_disk_full(e):  # a write other than a checkpoint's (metrics.jsonl, config.yaml, the packed cache)
+            where = getattr(e, "filename", None) or (cfg.output_dir if cfg else os.getcwd())
+            print(f"sctrain: error: {no_space_message(where)} while writing {where}", file=sys.stderr)
             return EXIT_ERROR
         raise
     if rank == 0:

@@ -129,7 +129,8 @@ def collate_batch(batch):
 
 
 def clip_loader(split: PackedSplit, batch_size: int, sampler, workers: int, drop_last: bool = False,
-                pin_memory: bool = False, generator: Optional[torch.Generator] = None) -> torch.utils.data.DataLoader:
+                pin_memory: bool = False, generator: Optional[torch.Generator] = None,
+                worker_init_fn=None) -> torch.utils.data.DataLoader:
     """DataLoader of ``(int16 [B, CLIP_SAMPLES], int64 [B])`` batches of ``split`` in ``sampler``'s order.
 
     With workers, batches come through a :class:`BatchRing` (no new shared memory per batch): a batch is
@@ -139,7 +140,8 @@ def clip_loader(split: PackedSplit, batch_size: int, sampler, workers: int, drop
     return torch.utils.data.DataLoader(
         ClipDataset(split, ring), batch_size=batch_size, sampler=sampler, num_workers=workers,
         collate_fn=collate_batch, drop_last=drop_last, pin_memory=pin_memory, generator=generator,
-        persistent_workers=False, prefetch_factor=RING_PREFETCH if workers > 0 else None)
+        persistent_workers=False, prefetch_factor=RING_PREFETCH if workers > 0 else None,
+        worker_init_fn=worker_init_fn)
 
 
 def _hold(folder: Path):

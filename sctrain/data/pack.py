@@ -102,8 +102,12 @@ def pack_dataset(index: DatasetIndex, cache_dir: Optional[Path] = None, workers:
     parents = [Path(cache_dir)] if cache_dir is not None else default_cache_dirs(index.root)
     for parent in parents:
         if _is_complete(parent / name, fp):
-            log.info("reusing packed dataset %s (source unchanged)", parent / name)
-            return PackedDataset(parent / name)
+            damage = cache_damage(parent / name)
+            if damage is None:
+                log.info("reusing packed dataset %s (source unchanged)", parent / name)
+                return PackedDataset(parent / name)
+            log.warning("packed dataset %s does not match its meta.json (%s): packing it again", parent / name, damage)
+            _discard(parent / name)
     parent = next((p for p in parents if _writable(p)), None)
     if parent is None:
         raise DatasetError(f"no writable folder for the packed cache: tried {', '.join(map(str, parents))}")
@@ -145,6 +149,55 @@ def _is_complete(folder: Path, fp: str) -> bool:
     except (OSError, ValueError):
         return False
     return meta.get("format") == FORMAT_VERSION and meta.get("fingerprint") == fp
+
+
+def cache_damage(folder: Path) -> Optional[str]:
+    """What is wrong with a cache's arrays, judged by the shapes ``meta.json`` promises and the bytes each
+    ``.npy`` header announces (a file cut short by a full disk or an interrupted copy), or None.
+
+    Headers only: a few small reads, however large the arrays. A short memory-mapped file would otherwise
+    surface later as a loader worker's "mmap length is greater than file size"."""
+    meta = json.loads((folder / "meta.json").read_text())
+    counts = meta.get("counts") or {}
+    if any(not isinstance(counts.get(split), int) for split in SPLITS):
+        return "meta.json lacks the clip counts"
+    expected = {"background.npy": None}
+    for split in SPLITS:
+        count = counts[split]
+        expected.update({f"audio_{split}.npy": (count, CLIP_SAMPLES), f"labels_{split}.npy": (count,),
+                         f"offsets_{split}.npy": (count,)})
+    for name, shape in expected.items():
+        try:
+            with open(folder / name, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                found, _, dtype = read_header(f)
+                size, needed = os.fstat(f.fileno()).st_size, f.tell() + math.prod(found) * dtype.itemsize
+        except (OSError, ValueError) as e:
+            return f"{name}: {getattr(e, 'strerror', None) or e}"
+        if shape is not None and tuple(found) != shape:
+            return f"{name} holds shape {tuple(found)}, not {shape}"
+        if size < needed:
+            return f"{name} is {size} bytes, its header needs {needed}"
+    for split in SPLITS:
+        try:
+            lines = (folder / f"files_{split}.txt").read_text().count("\n")
+        except OSError as e:
+            return f"files_{split}.txt: {e.strerror}"
+        if lines != counts[split]:
+            return f"files_{split}.txt names {lines} clips, not {counts[split]}"
+    return None
+
+
+def _discard(folder: Path) -> None:
+    """Move a damaged cache out of the way (a rename: a job still reading it keeps its open files) and delete it."""
+    trash = folder.with_name(f".{folder.name}.damaged-{os.getpid()}")
+    try:
+        os.rename(folder, trash)
+    except OSError:
+        return  # read-only: the repack then fails to replace it, naming the folder
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _writable(folder: Path) -> bool:

@@ -232,6 +232,7 @@ def ensure_dataset(cfg, *, url: Optional[str] = None, sha256: Optional[str] = No
     if found is not None:
         return found
     if not archive.is_file():
+        _require_split_lists(root)
         if not cfg.download:
             raise DatasetError(f"no SpeechCommands layout in {root} and data.download is false; fetch {url} "
                                f"to {archive} (or extract it into {extracted})")
@@ -245,6 +246,20 @@ def ensure_dataset(cfg, *, url: Optional[str] = None, sha256: Optional[str] = No
         log.info("verifying %s", archive)
         _check_sha256(archive, sha256_file(archive), expected, shown=archive)
     return extract_archive(archive, extracted)
+
+
+def _require_split_lists(root: Path) -> None:
+    """A root of word folders that lacks a split list is the user's own data, not a download to fetch."""
+    if not root.is_dir():
+        return
+    missing = [name for name in LIST_FILES.values() if not (root / name).is_file()]
+    words = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))
+             and any(e.name.lower().endswith(".wav") for e in os.scandir(p))]
+    if words and missing:
+        raise DatasetError(f"{root} holds word folders but no {' and no '.join(missing)} (the lists naming "
+                           "the validation and test clips; every clip not listed trains); add "
+                           f"{'them' if len(missing) > 1 else 'it'}, with one path per line relative to {root} "
+                           f"(e.g. {words[0].name}/<file>.wav)")
 
 
 def _find_extracted(root: Path, preferred: Path) -> Optional[Path]:
@@ -295,6 +310,7 @@ def scan_dataset(root: Path, task: str, unknown_ratio: float = 1.0, silence_rati
         for label, w in enumerate(words):
             for p in files[w]:
                 splits[split_of.get(p, "train")].append(Clip(p, label))
+        _check_classes(root, labels, files, splits)
         options: dict = {}
     else:
         labels = list(KWS12_LABELS)
@@ -304,6 +320,22 @@ def scan_dataset(root: Path, task: str, unknown_ratio: float = 1.0, silence_rati
              ", ".join(f"{s} {len(c)} clips" for s, c in splits.items()))
     return DatasetIndex(root=root, labels=labels, splits=splits, background=background, task=task,
                         options=options)
+
+
+def _check_classes(root: Path, labels: list[str], files: dict[str, list[str]], splits: dict[str, list[Clip]]) -> None:
+    """task=all makes a class of every word folder: one that cannot be learned is refused, and one that
+    is never measured (no validation or test clips) is pointed out."""
+    counts = {s: np.bincount([c.label for c in splits[s]], minlength=len(labels)) for s in SPLITS}
+    for i, word in enumerate(labels):
+        if counts["train"][i] == 0:
+            why = f"has all its {len(files[word])} clips in the split lists" if files[word] else "holds no .wav clips"
+            raise DatasetError(f"word folder {root / word} {why}, so class '{word}' has no training clips; add "
+                               "clips or remove the folder")
+    for split in ("validation", "test"):
+        absent = [word for i, word in enumerate(labels) if counts[split][i] == 0]
+        if absent:
+            log.warning("classes without %s clips (their %s accuracy is not measured): %s", split, split,
+                        ", ".join(absent))
 
 
 def _read_split_lists(root: Path, present: set[str]) -> dict[str, str]:
@@ -361,7 +393,9 @@ def _frames(path: Path) -> int:
     try:
         return sf.info(str(path)).frames
     except Exception as e:  # noqa: BLE001 - packing reports the file; here it only yields no cuts
-        log.warning("cannot read %s (%s); no _silence_ cuts come from it", path, decode_error(e))
+        # Debug only: packing names the file (an error, or data.skip_bad_clips's warning); a warning here too
+        # told the user about it twice.
+        log.debug("cannot read %s (%s); no _silence_ cuts come from it", path, decode_error(e))
         return 0
 
 

@@ -220,13 +220,18 @@ def write_synthetic_dataset(out: Path, words: int = 8, per_word: int = 60, seed:
         raise DatasetError(f"synthetic dataset {out}: words must be in 1..{len(WORDS)}, got {words}")
     if per_word < 1:
         raise DatasetError(f"synthetic dataset {out}: per_word must be >= 1, got {per_word}")
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out} is a file, not a folder; pick a new folder for the synthetic dataset")
     if out.exists() and any(out.iterdir()):
         readme = out / "README.md"
         if not (overwrite and readme.is_file() and README_MARK in readme.read_text()):
             raise DatasetError(f"{out} is not empty; pick a new folder"
                                + ("" if overwrite else " (or overwrite an earlier synthetic dataset there)"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as e:
+        raise DatasetError(f"cannot create {out} ({e.strerror or e}); pick a writable folder") from None
     try:
         _write(tmp, words, per_word, seed, noise_files, speakers or max(20, per_word // 2),
                workers or os.cpu_count() or 1)

@@ -20,6 +20,7 @@ no file, unless every argmax agrees and the largest logit difference is within `
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -38,7 +39,7 @@ from sctrain.audio.io import read_audio
 from sctrain.data.speechcommands import BACKGROUND_DIR
 from sctrain.inference.loading import LoadedModel
 from sctrain.inference.predict import file_windows
-from sctrain.utils import temp_name
+from sctrain.utils import first_line, is_disk_full, no_space_message, temp_name
 
 log = logging.getLogger(__name__)
 
@@ -260,14 +261,25 @@ def check_parity(model: LoadedModel, exported: ExportedModel, audio: np.ndarray,
 def write_checked(model: LoadedModel, out: Path, fmt: str, kind: str, audio: np.ndarray, atol: float) -> dict:
     """Export to a temporary name next to ``out``, check parity, then rename into place: a file that
     fails the check is deleted and never replaces an earlier good export."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():  # the temporary name would lack the suffix that picks the runtime
+        raise ExportError(f"--out {out} is a folder; name the file to write, e.g. {out / ('model' + SUFFIX[fmt])}")
     tmp = temp_name(out, keep_suffix=True)  # load_exported picks the runtime by the suffix
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.touch()  # a read-only folder fails here, in plain words, not deep inside an exporter
         (export_onnx if fmt == "onnx" else export_torchscript)(model, tmp, kind)
         result = check_parity(model, load_exported(tmp), audio, atol, shown=out)
         os.replace(tmp, out)
+    except OSError as e:
+        raise ExportError(f"cannot write {out} ({e.strerror or first_line(e)}); pick a writable folder with --out") \
+            from None
+    except RuntimeError as e:  # torch's writers report a full disk so
+        if not is_disk_full(e):
+            raise
+        raise ExportError(f"{no_space_message(out)} while writing {out}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only folder refuses even the unlink of a missing file
+            tmp.unlink(missing_ok=True)
     return result
 
 

@@ -16,6 +16,8 @@ from typing import Optional
 
 import numpy as np
 
+from sctrain.utils import first_line
+
 log = logging.getLogger(__name__)
 
 DPI = 100
@@ -53,13 +55,20 @@ def read_metrics(output_dir: str | Path) -> RunMetrics:
     if not path.is_file():
         raise ReportError(f"no metrics.jsonl in {folder} (is it a run's output_dir?)")
     metrics, bad = RunMetrics(), []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")  # a binary file: its lines are just bad
+    except OSError as e:
+        raise ReportError(f"cannot read {path} ({e.strerror})") from None
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             bad.append(number)  # e.g. a line cut short when the process was killed mid-write
+            continue
+        if not _usable(record):  # valid JSON, but not a record the plots can draw
+            bad.append(number)
             continue
         kind = record.get("kind")
         if kind == "train":
@@ -69,14 +78,43 @@ def read_metrics(output_dir: str | Path) -> RunMetrics:
     if bad:
         log.warning("%s: skipped %d unreadable line(s) (first: line %d)", path, len(bad), bad[0])
     if not metrics.train and not metrics.evals:
-        raise ReportError(f"{path} holds no training or evaluation records yet")
+        garbage = f" (none of its {len(bad)} lines is a metrics record: is it a run's metrics.jsonl?)" if bad else ""
+        raise ReportError(f"{path} holds no training or evaluation records{garbage or ' yet'}")
     results_path = folder / "results.json"
     if results_path.is_file():
         try:
-            metrics.results = json.loads(results_path.read_text())
+            metrics.results = json.loads(results_path.read_bytes())
         except json.JSONDecodeError as e:
             raise ReportError(f"{results_path} is not valid JSON ({e.msg}, line {e.lineno})") from None
+        except (UnicodeDecodeError, OSError) as e:
+            raise ReportError(f"{results_path} cannot be read as JSON ({first_line(e)})") from None
+        if not isinstance(metrics.results, dict):
+            raise ReportError(f"{results_path} holds a {type(metrics.results).__name__}, not a run's results")
     return metrics
+
+
+def _number(value) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _usable(record) -> bool:
+    """A record with the fields (and types) the plots read: what tracker.Tracker writes."""
+    if not isinstance(record, dict) or "kind" not in record:
+        return False
+    if record["kind"] not in ("train", "eval"):  # results, and kinds added later: not plotted
+        return True
+    if not isinstance(record.get("step"), int) or not _number(record.get("loss")) or not _number(record.get("lr")):
+        return False
+    if record["kind"] == "train":
+        return True
+    labels, confusion = record.get("labels"), record.get("confusion")
+    return (isinstance(record.get("acc"), (int, float)) and isinstance(record.get("per_class_acc"), dict)
+            and isinstance(labels, list) and all(isinstance(label, str) for label in labels)
+            and isinstance(confusion, list) and len(confusion) == len(labels)
+            and all(isinstance(row, list) and len(row) == len(labels) and all(isinstance(n, int) for n in row)
+                    for row in confusion)
+            and all(_number(v) for v in record["per_class_acc"].values())
+            and isinstance(record.get("epoch", 0), int) and isinstance(record.get("split", ""), str))
 
 
 def figure_inches(name: str, num_labels: int) -> tuple[float, float]:

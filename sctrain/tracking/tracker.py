@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sys
 import time
 from pathlib import Path
@@ -17,24 +16,9 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from sctrain.utils import atomic_write
+from sctrain.utils import atomic_write, json_text
 
 log = logging.getLogger(__name__)
-
-
-def _plain(value: Any) -> Any:
-    """JSON-safe numbers (tensors, numpy scalars, NaN -> None)."""
-    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
-        value = value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def exit_code_in_flight() -> int:
@@ -99,9 +83,8 @@ class Tracker(NullTracker):
         self._finished = False
 
     def _write(self, record: dict) -> None:
-        record = {"time": round(time.time(), 3), **_plain(record)}
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json_text({"time": round(time.time(), 3), **record}) + "\n")
 
     def log_config(self, config: dict) -> None:
         if self.wandb is not None:

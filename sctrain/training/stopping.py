@@ -1,10 +1,14 @@
-"""Graceful stop on SIGTERM / SIGUSR1: finish the step, save once, exit with :data:`EXIT_PREEMPTED`.
+"""Graceful stop on SIGTERM / SIGUSR1: finish the step, save once, exit with :data:`EXIT_PREEMPTED`;
+on Ctrl-C (SIGINT) the same with :data:`EXIT_INTERRUPTED`, and a second Ctrl-C stops at once, unsaved.
 
 Slurm sends USR1 (``--signal=B:USR1@N``, forwarded by ``slurm/train.sbatch``) before the time limit and
 TERM on preemption or ``scancel``. Ranks can receive the signal at different steps, so the loop asks
 :meth:`GracefulStop.should_stop` after every step; one tiny all-reduce makes every rank agree, so all of
 them stop after the same step. The all-reduce runs on the host (:func:`sctrain.training.distributed.any_rank_failed`),
 so the check never makes the host wait for the GPU.
+
+A signal sent to the whole process group (``kill -- -PGID``, Ctrl-C in a terminal) also reaches the
+DataLoader workers; they ignore it (:func:`worker_init`), so the main process decides, and saves.
 """
 from __future__ import annotations
 
@@ -14,9 +18,12 @@ import os
 import signal
 from typing import Optional
 
+from sctrain.training import rundir
+
 log = logging.getLogger(__name__)
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again"; slurm/train.sbatch requeues the job on it
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C: not requeued
 PR_SET_PDEATHSIG = 1
 
 
@@ -38,8 +45,19 @@ def die_with_launcher() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def worker_init(worker_id: int) -> None:  # noqa: ARG001 - DataLoader's worker_init_fn signature
+    """In each DataLoader worker: leave stop signals to the main process, which finishes its step and saves.
+
+    Torch's workers die of SIGTERM, and of SIGINT quietly; the main process then fails on the lost
+    worker (a traceback, no state) instead of stopping gracefully."""
+    for name in (*GracefulStop.SIGNALS, "SIGINT"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    rundir.release()  # the inherited copy of the run folder's lock: see release()
+
+
 class GracefulStop:
-    SIGNALS = ("SIGTERM", "SIGUSR1")
+    SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 
     def __init__(self) -> None:
         self.received: Optional[str] = None
@@ -59,9 +77,17 @@ class GracefulStop:
         self._previous.clear()
 
     def _handle(self, signum, frame) -> None:  # noqa: ARG002
+        name = signal.Signals(signum).name
         if self.received is None:
-            self.received = signal.Signals(signum).name
-            log.warning("received %s: stopping after this step and saving the training state", self.received)
+            self.received = name
+            log.warning("received %s: stopping after this step and saving the training state%s", name,
+                        " (Ctrl-C again stops at once, without saving)" if name == "SIGINT" else "")
+        elif name == "SIGINT":  # the user insists
+            raise KeyboardInterrupt
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_INTERRUPTED if self.received == "SIGINT" else EXIT_PREEMPTED
 
     def should_stop(self, accelerator) -> bool:
         """True on every rank once any rank has received a stop signal (a collective: every rank asks)."""

@@ -5,7 +5,6 @@ masking) -> the registry's network -> loss. Rank-0 duties sit behind the tracker
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -30,9 +29,12 @@ from sctrain.inference.loading import load_model
 from sctrain.models.registry import count_parameters, create_model
 from sctrain.models.syncbn import convert_sync_batchnorm
 from sctrain.tracking.tracker import collect_examples, make_tracker
+from sctrain.training import rundir
 from sctrain.training.checkpoint import files as checkpoint
 from sctrain.training.checkpoint.policy import Checkpointer, Progress
 from sctrain.training.distributed import (
+    OtherRankFailed,
+    any_rank_failed,
     dump_weight_digest,
     global_sum,
     make_accelerator,
@@ -41,16 +43,23 @@ from sctrain.training.distributed import (
     sync_buffers,
 )
 from sctrain.training.evaluate import EvalResult, evaluate
-from sctrain.training.stopping import EXIT_PREEMPTED, GracefulStop
+from sctrain.training.stopping import EXIT_PREEMPTED, GracefulStop, worker_init
+from sctrain.utils import atomic_write_text, first_line, json_text
 
 log = logging.getLogger(__name__)
 
 
 class Preempted(SystemExit):
-    """Raised after a signal-triggered save; the process exits with :data:`EXIT_PREEMPTED`."""
+    """Raised after a signal-triggered save; the process exits with ``code`` (:data:`EXIT_PREEMPTED`, or
+    :data:`EXIT_INTERRUPTED` after Ctrl-C). ``state``: the folder saved, ``step``: the last step in it."""
 
-    def __init__(self) -> None:
-        super().__init__(EXIT_PREEMPTED)
+    def __init__(self, code: int, state: Optional[Path] = None, step: int = 0) -> None:
+        super().__init__(code)
+        self.state, self.step = state, step
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the weights went non-finite; one line naming the step. Nothing non-finite was saved."""
 
 
 def lr_lambda(cfg: Config, steps_per_epoch: int):
@@ -94,9 +103,7 @@ class Trainer:
         self.world, self.rank = acc.num_processes, acc.process_index
         self.is_main = acc.is_main_process
         self.out = Path(cfg.output_dir)
-        if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            dump_config(cfg, self.out / "config.yaml")
+        self._claim_output_dir()
 
         self.data: PackedDataset = once_per_node(
             acc, lambda: load_dataset(cfg.data, progress=acc.is_local_main_process))
@@ -141,6 +148,8 @@ class Trainer:
         if resume_state is not None:
             self.progress = self.checkpointer.restore(resume_state, self._state_parts(), resume_path,
                                                       self.steps_per_epoch)
+            if not own_state:  # its best model is in the other folder: this one gets its own best_sc.pt
+                self.progress.best_val_acc, self.progress.best_epoch = -1.0, -1
             log.info("resumed in epoch %d, after step %d (best val acc %.4f)", self.progress.epoch + 1,
                      self.progress.global_step, self.progress.best_val_acc)
             if own_state:
@@ -148,6 +157,20 @@ class Trainer:
         self.stop = GracefulStop().install()
 
     # ------------------------------------------------------------------------------------ state
+    def _claim_output_dir(self) -> None:
+        """Rank 0 locks output_dir before writing anything into it; every rank learns whether that worked."""
+        error = None
+        if self.is_main:
+            try:
+                rundir.claim(self.out)
+                dump_config(self.cfg, self.out / "config.yaml")
+            except (rundir.RunDirError, OSError) as e:
+                error = e
+        if any_rank_failed(self.accelerator, error is not None):
+            if isinstance(error, OSError):  # e.g. a full disk: rundir.claim checked that it is writable
+                raise rundir.RunDirError(f"cannot write {self.out / 'config.yaml'}: {error.strerror or error}")
+            raise error or OtherRankFailed("stopped because rank 0 cannot use output_dir")
+
     def _state_parts(self) -> dict:
         parts = {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler}
         if self.accelerator.scaler is not None:
@@ -169,7 +192,27 @@ class Trainer:
             log.info("resuming from %s (step %d)", path, state["progress"]["global_step"])
         return path, state
 
+    def check_finite(self, loss: Optional[float] = None) -> None:
+        """Stop before a non-finite loss (read from the device anyway) or weights are logged or saved.
+
+        The weights' check costs one host sync; it runs only where a save syncs anyway."""
+        step = self.progress.global_step
+        if loss is not None:
+            bad = any_rank_failed(self.accelerator, not math.isfinite(loss))
+            what = f"the training loss is {loss} at step {step}"
+        else:
+            finite = torch.stack([torch.isfinite(t).all() for t in self.raw_model.state_dict().values()
+                                  if t.is_floating_point()]).all()
+            bad = any_rank_failed(self.accelerator, not bool(finite))
+            what = f"the weights are no longer finite after step {step}"
+        if bad:
+            states = checkpoint.list_states(self.out) if self.is_main else []
+            kept = f"the last good state is {states[0]}" if states else "no training state was saved before it"
+            raise TrainingDiverged(f"training diverged: {what} (train.lr={self.cfg.train.lr:g}); {kept}; lower "
+                                   "train.lr and start over (train.resume=never), or set train.grad_clip")
+
     def save_state(self) -> None:
+        self.check_finite()
         self.checkpointer.save(self.progress, self._state_parts(),
                                extra={"sampler": self.sampler.state_dict(), "tracker_run_id": self.tracker.run_id,
                                       "config": self.cfg.to_dict()})
@@ -181,7 +224,7 @@ class Trainer:
         return clip_loader(self.data.split("train"), self.cfg.train.batch_size, self.sampler,
                            self.cfg.data.num_workers, drop_last=self.drop_last,
                            pin_memory=self.cfg.data.pin_memory and self.device.type == "cuda",
-                           generator=torch.Generator())
+                           generator=torch.Generator(), worker_init_fn=worker_init)
 
     def train_step(self, audio: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
@@ -217,9 +260,11 @@ class Trainer:
         self.frontend.train()
         bar = tqdm(total=self.steps_per_epoch, initial=p.step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                    disable=not self.is_main, dynamic_ncols=True, leave=False)
+        self.bar = bar
         loss_sum, loss_steps, clips, t0 = torch.zeros((), device=self.device), 0, 0, time.perf_counter()
         epoch_clips, epoch_t0 = 0, t0
-        for audio, target in self.train_loader():
+        batches = StopSafeBatches(self.train_loader(), self.stop, self.world)
+        for audio, target in batches:
             loss_sum += self.train_step(audio, target)
             loss_steps += 1
             clips += len(target) * self.world
@@ -229,6 +274,7 @@ class Trainer:
             bar.update(1)
             if p.global_step % cfg.train.log_every == 0 or p.step_in_epoch == self.steps_per_epoch:
                 loss = (loss_sum / loss_steps).item()  # host waits for the device: once per log interval
+                self.check_finite(loss)
                 rate = clips / max(1e-9, time.perf_counter() - t0)
                 lr = self.scheduler.get_last_lr()[0]
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", clips_s=f"{rate:.0f}")
@@ -237,17 +283,26 @@ class Trainer:
                 loss_sum.zero_()
                 loss_steps, clips, t0 = 0, 0, time.perf_counter()
             if self.stop.should_stop(self.accelerator):
-                bar.close()
-                self.save_state()
-                log.info("stopped after step %d on a signal: training state saved, exiting with code %d so the "
-                         "job can be requeued", p.global_step, EXIT_PREEMPTED)
-                raise Preempted()
+                self.stop_and_save(bar, batches)
             if self.checkpointer.due(p):
                 self.save_state()
             if self.step_budget_spent():
                 break
+        if batches.worker_lost:
+            self.stop_and_save(bar, batches)
         bar.close()
         return epoch_clips / max(1e-9, time.perf_counter() - epoch_t0)
+
+    def stop_and_save(self, bar, batches: "StopSafeBatches") -> None:
+        """After a stop signal: save this step's state and exit (:class:`Preempted`)."""
+        bar.close()
+        batches.close()  # workers first: one dying in the save would raise out of torch's SIGCHLD handler
+        self.save_state()
+        code = self.stop.exit_code
+        log.info("stopped after step %d on a signal: training state saved, exiting with code %d%s",
+                 self.progress.global_step, code, " so the job can be requeued" if code == EXIT_PREEMPTED else "")
+        raise Preempted(code, checkpoint.list_states(self.out)[0] if self.is_main else None,
+                        self.progress.global_step)
 
     def step_budget_spent(self) -> bool:
         """``train.max_steps`` optimizer steps are done (never, when it is 0)."""
@@ -280,6 +335,7 @@ class Trainer:
                 rates.append(self.train_epoch(epoch))
             sync_buffers(self.accelerator, self.raw_model)  # all ranks evaluate (rank 0 saves) rank 0's BN stats
             val = self.evaluate("validation")
+            self.check_finite()  # before best_sc.pt: NaN logits still score some accuracy
             improved = val.accuracy > p.best_val_acc
             if improved:
                 p.best_val_acc, p.best_epoch = val.accuracy, epoch
@@ -297,6 +353,13 @@ class Trainer:
             if p.step_in_epoch >= self.steps_per_epoch:
                 p.epoch, p.step_in_epoch = epoch + 1, 0
             self.save_state()
+        if p.best_epoch < 0:  # nothing left to train from a state another folder's run saved (train.resume=PATH)
+            val = self.evaluate("validation")
+            p.best_val_acc, p.best_epoch = val.accuracy, max(0, p.epoch - 1)
+            if self.is_main:
+                checkpoint.save_best(self.out / "best_sc.pt", self.raw_model, self.labels, cfg.to_dict(),
+                                     {"val_acc": val.accuracy, "val_loss": val.loss, "epoch": p.best_epoch,
+                                      "step": p.global_step})
         self.accelerator.wait_for_everyone()
         dump_weight_digest(self.raw_model, self.rank, self.world)  # debug hook, only with $SCTRAIN_DUMP_WEIGHTS_DIR
         return {"train_clips_per_s": float(np.mean(rates)) if rates else None}
@@ -326,7 +389,7 @@ class Trainer:
                 results["latency"] = lat
                 results["latency_ms_p50"] = lat["cpu"]["batch1"]["p50_ms"]
                 results["latency_ms_p95"] = lat["cpu"]["batch1"]["p95_ms"]
-            (self.out / "results.json").write_text(json.dumps(results, indent=2))
+            atomic_write_text(self.out / "results.json", json_text(results, indent=2))
             self.tracker.log_results(results, best_path)
         self.tracker.finish()
         self.accelerator.wait_for_everyone()
@@ -345,8 +408,43 @@ class Trainer:
         return prediction
 
     def close(self) -> None:
+        if getattr(self, "bar", None) is not None:
+            self.bar.close()  # after an error too: its message then starts a line of its own
         self.stop.uninstall()
         self.tracker.finish()  # no-op after finish(); after preemption or an error, records the exit code
+
+
+class StopSafeBatches:
+    """The epoch's batches, for a graceful stop that a dying loader worker must not spoil.
+
+    Workers ignore stop signals (:func:`worker_init`), but one killed with its process group right after
+    its start, before it could, dies; torch reports that from the loader, between steps, so the last
+    finished step is whole: the epoch then ends with ``worker_lost`` and the caller saves it.
+    """
+
+    def __init__(self, loader: torch.utils.data.DataLoader, stop: GracefulStop, world: int) -> None:
+        self.batches, self.stop, self.world = iter(loader), stop, world
+        self.worker_lost = False
+
+    def __iter__(self) -> "StopSafeBatches":
+        return self
+
+    def __next__(self):
+        try:
+            return next(self.batches)
+        except RuntimeError as e:
+            # With several ranks the others are inside the next step's collectives: no saving alone.
+            if self.stop.received is None or self.world > 1 or "DataLoader worker" not in str(e):
+                raise
+            log.warning("a DataLoader worker died during the stop (%s)", first_line(e))
+            self.worker_lost = True
+            raise StopIteration from None
+
+    def close(self) -> None:
+        """Shut the workers down now (not at garbage collection); their exit then raises nothing."""
+        shutdown_workers = getattr(self.batches, "_shutdown_workers", None)
+        if shutdown_workers is not None:
+            shutdown_workers()
 
 
 def train(cfg: Config) -> dict:
@@ -359,4 +457,5 @@ def train(cfg: Config) -> dict:
         finally:
             trainer.close()
     finally:
+        rundir.release()  # also when Trainer() failed after taking the lock
         shutdown()  # every rank, on success and on error: no teardown crash after a peer exits

@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import torch
 
-from sctrain.utils import atomic_write, fsync_dir, shorten
+from sctrain.utils import atomic_write, fsync_dir, is_disk_full, no_space_message, shorten
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,26 @@ STATE_FILE = "state.pt"
 
 class CheckpointError(RuntimeError):
     """A missing, truncated, corrupt or foreign checkpoint; the message names the file."""
+
+
+class DiskFull(CheckpointError):
+    """A checkpoint did not fit on its filesystem; nothing partial is left, the previous files are intact."""
+
+
+def payload_bytes(obj: Any) -> int:
+    """About what ``torch.save(obj)`` writes: the tensors' bytes, plus room for the rest."""
+    if isinstance(obj, torch.Tensor):
+        return obj.nelement() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(payload_bytes(v) for v in obj.values()) + 64
+    if isinstance(obj, (list, tuple)):
+        return sum(payload_bytes(v) for v in obj) + 64
+    return 64
+
+
+def _disk_full(path: Path, obj: Any) -> DiskFull:
+    return DiskFull(f"{no_space_message(path, payload_bytes(obj))} while saving {path}; free some space and run "
+                    "the same command again: it resumes from the last saved state")
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -111,8 +131,14 @@ def plain_state_dict(model: torch.nn.Module) -> dict:
 
 
 def save_best(path: str | Path, model: torch.nn.Module, labels: list[str], config: dict, metrics: dict) -> None:
-    atomic_save({"format": BEST_FORMAT, "model": plain_state_dict(model), "labels": list(labels),
-                 "config": config, "metrics": metrics}, path)
+    obj = {"format": BEST_FORMAT, "model": plain_state_dict(model), "labels": list(labels), "config": config,
+           "metrics": metrics}
+    try:
+        atomic_save(obj, path)
+    except (OSError, RuntimeError) as e:  # atomic_write has removed its temporary file
+        if is_disk_full(e):
+            raise _disk_full(Path(path), obj) from None
+        raise
 
 
 def load_best(path: str | Path) -> dict:
@@ -168,10 +194,16 @@ def save_state(output_dir: str | Path, step: int, payload: dict, keep_last: int)
     final = root / f"step_{step:09d}"
     tmp = root / f".tmp-step_{step:09d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    _write_state_file(tmp / STATE_FILE, {"format": STATE_FORMAT, **payload}, step)
-    (tmp / "meta.json").write_text(json.dumps({"step": step, "epoch": payload.get("progress", {}).get("epoch"),
-                                               "time": time.time()}))
+    try:
+        tmp.mkdir()
+        _write_state_file(tmp / STATE_FILE, {"format": STATE_FORMAT, **payload}, step)
+        (tmp / "meta.json").write_text(json.dumps({"step": step, "epoch": payload.get("progress", {}).get("epoch"),
+                                                   "time": time.time()}))
+    except (OSError, RuntimeError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # a partial state would take the space the next try needs
+        if is_disk_full(e):
+            raise _disk_full(final, payload) from None
+        raise
     aside = None
     if final.exists():
         aside = root / f".old-step_{step:09d}-{os.getpid()}"
