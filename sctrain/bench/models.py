@@ -60,8 +60,9 @@ def count_macs(net: torch.nn.Module, cfg: Config) -> int:
     return int(counter.get_total_flops() // 2)
 
 
-def training_rate(cfg: Config, steps: int) -> float:
-    """Clips/s of full training steps on random int16 audio (augmentation, features, fwd, bwd, update)."""
+def step_rates(cfg: Config, steps: int) -> tuple[float, float]:
+    """Clips/s of full training steps on random int16 audio (augmentation, features, fwd, bwd, update),
+    and of evaluation (features and forward, no gradients)."""
     torch.manual_seed(0)
     net = create_model(cfg.model, cfg.features, NUM_CLASSES).train()
     background = torch.randn(4, 4 * CLIP_SAMPLES) * 0.05
@@ -76,8 +77,12 @@ def training_rate(cfg: Config, steps: int) -> float:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    times = time_calls(step, torch.device("cpu"), steps, warmup=2)
-    return TRAIN_BATCH * 1e3 / float(np.median(times))
+    train_ms = float(np.median(time_calls(step, torch.device("cpu"), steps, warmup=2)))
+    net.eval()
+    frontend.eval()
+    with torch.no_grad():
+        eval_ms = float(np.median(time_calls(lambda: net(frontend(audio)), torch.device("cpu"), steps, warmup=1)))
+    return TRAIN_BATCH * 1e3 / train_ms, TRAIN_BATCH * 1e3 / eval_ms
 
 
 def latency(cfg: Config, workdir: Path, iters: int, onnx: bool) -> dict:
@@ -107,7 +112,7 @@ def latency(cfg: Config, workdir: Path, iters: int, onnx: bool) -> dict:
     return row
 
 
-def accuracy_in_budget(family: str, overrides: list[str], root: str, minutes: float, rate: float,
+def accuracy_in_budget(family: str, overrides: list[str], root: str, minutes: float, rates: tuple[float, float],
                        workdir: Path) -> dict:
     """Train for about ``minutes`` (epochs from the measured rate) and return the test accuracy."""
     from sctrain.data.pack import load_dataset
@@ -116,9 +121,13 @@ def accuracy_in_budget(family: str, overrides: list[str], root: str, minutes: fl
     cfg = recipe(family, [*overrides, f"data.root={root}", f"output_dir={workdir / 'run'}",
                                   "latency.enabled=false", "tracking.report=false", "tracking.mode=disabled",
                                   "tracking.log_examples=0", "train.resume=never"])
-    train_clips = len(load_dataset(cfg.data, progress=False).split("train"))
-    # 85 % of the budget for training steps: evaluation after every epoch and the final test take the rest.
-    epochs = max(1, math.floor(0.85 * minutes * 60 * rate / max(1, train_clips)))
+    data = load_dataset(cfg.data, progress=False)
+    train_clips, eval_clips = len(data.split("train")), len(data.split("validation"))
+    # An epoch costs its training steps, a validation pass and about a second of loader start and state
+    # saving; 10 % of the budget is left for the final test and what the estimate misses.
+    train_rate, eval_rate = rates
+    epoch_s = train_clips / train_rate + eval_clips / eval_rate + 1.0
+    epochs = max(1, math.floor(0.9 * minutes * 60 / epoch_s))
     cfg.train.epochs = epochs
     cfg.train.warmup_epochs = min(cfg.train.warmup_epochs, max(0.5, epochs / 10))
     start = time.perf_counter()
@@ -143,10 +152,10 @@ def run(args: argparse.Namespace) -> dict:
                    "features": list(feature_shape(cfg.features)) + [("mfcc" if cfg.features.n_mfcc else "log-mel")],
                    "params": count_parameters(net), "macs": count_macs(net, cfg)}
             row.update(latency(cfg, workdir, args.iters, not args.no_onnx))
-            row["train_clips_per_s"] = training_rate(cfg, args.train_steps)
+            row["train_clips_per_s"], row["eval_clips_per_s"] = step_rates(cfg, args.train_steps)
             if args.root:
-                row.update(accuracy_in_budget(family, args.overrides, args.root, args.minutes, row["train_clips_per_s"],
-                                              workdir))
+                rates = row["train_clips_per_s"], row["eval_clips_per_s"]
+                row.update(accuracy_in_budget(family, args.overrides, args.root, args.minutes, rates, workdir))
             report["families"][family] = row
             print(f"{family}: {json.dumps(row)}", flush=True)
     return report
