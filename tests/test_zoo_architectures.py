@@ -4,8 +4,6 @@ Conv->BN folding. Small sizes and few frames keep the whole file fast on one CPU
 from __future__ import annotations
 
 import copy
-import logging
-import warnings
 
 import pytest
 import torch
@@ -148,34 +146,6 @@ def test_torch_export_with_dynamic_batch(family):
         exported = program.module()
         for b in (1, 3):
             _close(exported(x[:b]), model(x[:b]))
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_onnx_export_runs_in_onnxruntime_like_pytorch(family, tmp_path):
-    ort = pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
-    model, x = _build(family)
-    model.eval()
-    path = tmp_path / f"{family}.onnx"
-    quiet = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir")]
-    levels = [lg.level for lg in quiet]
-    try:
-        for lg in quiet:
-            lg.setLevel(logging.ERROR)
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, (x[:2],), str(path), dynamo=True, verbose=False, input_names=["x"],
-                              output_names=["logits"], dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
-    finally:
-        for lg, level in zip(quiet, levels):
-            lg.setLevel(level)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    with torch.no_grad():
-        expected = model(x)
-    (got,) = session.run(None, {"x": x.numpy()})  # batch 3: not the batch size it was exported with
-    _close(torch.from_numpy(got), expected)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
