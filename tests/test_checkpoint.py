@@ -155,13 +155,6 @@ def test_resume_never_moves_earlier_states_aside(tmp_path):
     assert checkpoint.list_states(tmp_path) == [] and checkpoint.set_aside_states(tmp_path) is None
 
 
-def test_slow_save_hook_leaves_only_a_temporary_folder_until_done(tmp_path, monkeypatch):
-    monkeypatch.setenv("SCTRAIN_TEST_SLOW_SAVE", "0.01@5")
-    assert checkpoint._slow_save_delay(4) == 0 and checkpoint._slow_save_delay(5) == 0.01
-    write_state(tmp_path, 6)
-    assert checkpoint.load_state(tmp_path / "state/step_000000006")["progress"]["global_step"] == 6
-
-
 # ------------------------------------------------------------------------------------ checkpointer
 
 def test_checkpointer_round_trip_restores_weights_optimizer_and_rng(tmp_path):

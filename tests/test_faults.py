@@ -21,7 +21,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_resume import REPO, TIMEOUT, assert_same_weights, finish, kill_tree, sctrain_args, start, wait_for
+from test_resume import (
+    REPO,
+    TIMEOUT,
+    assert_same_weights,
+    finish,
+    kill_tree,
+    sctrain_args,
+    stalled_save,
+    start,
+    wait_for,
+)
 
 from sctrain.config import DataConfig
 from sctrain.data.pack import pack_dataset
@@ -110,7 +120,7 @@ def test_a_second_run_is_refused_and_the_lock_of_a_killed_run_blocks_nobody(synt
     cmd = train_cmd(synthetic_root, out)
     log = tmp_path / "1-first.log"
     # The save of state 6 stalls half-written (test hook): the first run is busy when the second starts.
-    first = start(cmd, log, {"SCTRAIN_TEST_SLOW_SAVE": "60@6"})
+    first = start(stalled_save(cmd, from_step=6), log)
     wait_for(lambda: list((out / "state").glob(".tmp-step_000000006-*/state.pt")), first, log, "the stalled save")
 
     line = error_line(run(cmd))

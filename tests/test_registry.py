@@ -297,3 +297,15 @@ def test_recipe_config_builds_its_family(name):
 def test_kwsnet_recipe_is_the_default_config():
     recipe, default = (load_config(REPO / "configs" / p).to_dict() for p in ("models/kwsnet.yaml", "default.yaml"))
     assert {**recipe, "output_dir": None} == {**default, "output_dir": None}
+
+
+def test_a_checkpoint_from_before_the_registry_still_loads():
+    """tests/data/best_sc_before_registry.pt was written by the code before the model registry (commit 7bd0f7d:
+    config ``model.width``, section ``bench``); it loads as the kwsnet it was, with the same outputs."""
+    model = load_model(REPO / "tests" / "data" / "best_sc_before_registry.pt")
+    assert model.config.model.name == "kwsnet" and model.config.model.kwsnet.width == 4
+    assert model.config.latency.enabled is True and model.labels == ["no", "yes", "_silence_"]
+    x = torch.randn(2, 1, 40, 101, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():  # the logits the old code computed for this input
+        assert torch.allclose(model.net(x), torch.tensor([[0.0252, -0.0586, 0.0103], [0.0293, -0.0651, 0.0106]]),
+                              atol=1e-4)

@@ -36,6 +36,12 @@ def sctrain_args(root: Path, out: Path, procs: int) -> list[str]:
     return [*COMMON, f"data.root={root}", f"output_dir={out}", f"train.batch_size={16 // procs}"]
 
 
+def stalled_save(cmd: list[str], from_step: int, seconds: float = 60) -> list[str]:
+    """``cmd`` (``python -m sctrain ...``) run through tests/stalled_save.py: saves from ``from_step`` on stall."""
+    assert cmd[1:3] == ["-m", "sctrain"], cmd
+    return [cmd[0], str(REPO / "tests" / "stalled_save.py"), str(from_step), str(seconds), *cmd[3:]]
+
+
 def torchrun(procs: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"]
 
@@ -185,9 +191,9 @@ def test_one_process_sigterm_kill9_and_kill_during_save_resume_exactly(synthetic
     # 2. kill -9 mid-epoch, right after a later state appears.
     at_kill = restart_and_kill9(cmd, out, tmp_path / "2-kill9.log", resumed_from=stopped)
 
-    # 3. kill -9 while the next state is being written (the test hook stalls the write half-way).
+    # 3. kill -9 while the next state is being written (tests/stalled_save.py stalls the write half-way).
     log = tmp_path / "3-kill-in-save.log"
-    proc = start(cmd, log, {"SCTRAIN_TEST_SLOW_SAVE": f"60@{at_kill + 1}"})
+    proc = start(stalled_save(cmd, from_step=at_kill + 1), log)
     partial = wait_for(lambda: next((p for p in (out / "state").glob(f".tmp-step_*-{proc.pid}/state.pt")
                                      if p.stat().st_size > 0), None), proc, log, "a save in progress")
     kill_tree(proc)

@@ -7,7 +7,6 @@ elsewhere cannot run code.
 from __future__ import annotations
 
 import codecs
-import io
 import json
 import logging
 import os
@@ -155,29 +154,9 @@ def state_dir(output_dir: str | Path) -> Path:
     return Path(output_dir) / "state"
 
 
-def _slow_save_delay(step: int) -> float:
-    """Test hook ``SCTRAIN_TEST_SLOW_SAVE=SECONDS[@FROM_STEP]``: pause mid-write (a truncated ``state.pt``
-    sits in the temporary folder) to widen the window in which a ``kill -9`` lands during a save."""
-    spec = os.environ.get("SCTRAIN_TEST_SLOW_SAVE", "")
-    if not spec:
-        return 0.0
-    seconds, _, from_step = spec.partition("@")
-    return float(seconds) if step >= int(from_step or 0) else 0.0
-
-
-def _write_state_file(path: Path, obj: dict, step: int) -> None:
+def _write_state_file(path: Path, obj: dict) -> None:
     with open(path, "wb") as f:
-        delay = _slow_save_delay(step)
-        if delay > 0:
-            buffer = io.BytesIO()
-            torch.save(obj, buffer)
-            data = buffer.getvalue()
-            f.write(data[: len(data) // 2])
-            f.flush()
-            time.sleep(delay)
-            f.write(data[len(data) // 2:])
-        else:
-            torch.save(obj, f)
+        torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
 
@@ -196,7 +175,7 @@ def save_state(output_dir: str | Path, step: int, payload: dict, keep_last: int)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
-        _write_state_file(tmp / STATE_FILE, {"format": STATE_FORMAT, **payload}, step)
+        _write_state_file(tmp / STATE_FILE, {"format": STATE_FORMAT, **payload})
         (tmp / "meta.json").write_text(json.dumps({"step": step, "epoch": payload.get("progress", {}).get("epoch"),
                                                    "time": time.time()}))
     except (OSError, RuntimeError) as e:
