@@ -39,6 +39,10 @@ def _require(ok: bool, key: str, message: str) -> None:
 def _require_fraction(value: float, key: str) -> None:
     """A dropout rate or similar share: in [0, 1)."""
     _require(0.0 <= value < 1.0, key, f"must be in [0, 1), got {value}")
+TASKS = ("all", "kws12", "keywords")  # label sets (sctrain.data.speechcommands.plan_labels)
+TEST_SETS = ("lists", "official")
+# Keys renamed since; a config file that still uses one gets the new name in its error.
+RENAMED = {"data.kws12_unknown_ratio": "data.unknown_ratio", "data.kws12_silence_ratio": "data.silence_ratio"}
 
 
 @dataclass
@@ -47,12 +51,18 @@ class DataConfig:
                                   "inside it")
     version: str = doc("v0.02", "SpeechCommands release to download when root is empty: v0.01 or v0.02")
     download: bool = doc(True, "download and extract the dataset when root holds no SpeechCommands layout")
-    task: str = doc("all", "label set: 'all' (every word folder present, sorted) or 'kws12' (10 words + _unknown_ + "
-                           "_silence_)")
-    kws12_unknown_ratio: float = doc(1.0, "kws12: _unknown_ clips kept per split, as a multiple of the mean keyword "
-                                          "class size (1.0 = balanced); <=0 keeps all")
-    kws12_silence_ratio: float = doc(1.0, "kws12: _silence_ clips cut from background noise per split, as a multiple "
-                                          "of the mean keyword class size")
+    task: str = doc("all", "label set: 'all' (one label per word folder), 'keywords' (data.keywords + _unknown_ for "
+                           "the other words + _silence_) or 'kws12' (keywords preset: the 10 Warden words)")
+    keywords: list = doc([], "task=keywords: the target words, in label order; [] = every word folder is a keyword "
+                             "(quote yes/no/on/off in YAML)")
+    silence: Optional[bool] = doc(None, "add a _silence_ class cut from the background recordings at random gains; "
+                                        "null = true for kws12/keywords, false for all")
+    unknown_ratio: float = doc(1.0, "_unknown_ clips kept per split, as a multiple of the mean keyword class size "
+                                    "(1.0 = TF's 10 % with ten keywords); 0 keeps all")
+    silence_ratio: float = doc(1.0, "_silence_ clips cut per split, as a multiple of the mean keyword class size "
+                                    "(1.0 = TF's 10 % with ten keywords)")
+    test_set: str = doc("lists", "test split: 'lists' (testing_list.txt) or 'official' (the released 12-class test "
+                                 "set, downloaded once; keyword tasks over the 10 Warden words)")
     cache_dir: Optional[str] = doc(None, "where packed arrays are cached (e.g. a node-local SSD); null = "
                                          "<root>/.sctrain_cache, or ~/.cache/sctrain when root is read-only")
     skip_bad_clips: bool = doc(False, "skip unreadable/empty/non-16kHz-mono clips (count printed) instead of "
@@ -63,10 +73,34 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _require(self.version in ("v0.01", "v0.02"), "data.version", f"must be v0.01 or v0.02, got {self.version!r}")
-        _require(self.task in ("all", "kws12"), "data.task", f"must be 'all' or 'kws12', got {self.task!r}")
-        _require(self.kws12_silence_ratio >= 0, "data.kws12_silence_ratio", "must be >= 0")
+        _require(self.task in TASKS, "data.task", f"must be one of {', '.join(TASKS)}, got {self.task!r}")
+        self._check_keywords()
+        _require(not (self.task == "kws12" and self.silence is False), "data.silence",
+                 "kws12's 12 labels include _silence_; for 11 use data.task=keywords")
+        _require(self.unknown_ratio >= 0, "data.unknown_ratio", "must be >= 0 (0 keeps every non-keyword clip)")
+        _require(self.silence_ratio > 0, "data.silence_ratio", "must be > 0 (data.silence=false drops the class)")
+        _require(self.test_set in TEST_SETS, "data.test_set", f"must be lists or official, got {self.test_set!r}")
+        _require(self.test_set == "lists" or self.task != "all", "data.test_set",
+                 "official needs data.task=kws12 or keywords: its clips are labelled as 10 keywords, _unknown_ "
+                 "and _silence_")
         _require(self.pack_workers >= 0, "data.pack_workers", "must be >= 0")
         _require(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+
+    def _check_keywords(self) -> None:
+        words = self.keywords
+        if any(isinstance(w, bool) for w in words):  # YAML 1.1: unquoted yes/no/on/off are booleans
+            raise ConfigError("config key 'data.keywords': YAML read an unquoted yes/no/on/off as a boolean; quote "
+                              "the words ('yes', 'on')")
+        _require(all(isinstance(w, str) and w and not w.startswith(("_", ".")) for w in words), "data.keywords",
+                 f"must be word folder names (not starting with '_' or '.'), got {words!r}")
+        _require(len(set(words)) == len(words), "data.keywords", f"names a word twice: {words!r}")
+        _require(not words or self.task == "keywords", "data.keywords",
+                 f"only data.task=keywords takes a word list (task {self.task!r} fixes its labels)")
+
+    @property
+    def use_silence(self) -> bool:
+        """Whether the label set gets ``_silence_`` (``silence``, or its task's default)."""
+        return self.silence if self.silence is not None else self.task != "all"
 
 
 @dataclass
@@ -295,6 +329,31 @@ class LatencyConfig:
 
 
 @dataclass
+class KwsConfig:
+    calibrate: Optional[bool] = doc(None, "after training, choose per-keyword detection thresholds on validation "
+                                          "streams and store them in best_sc.pt; null = when the labels have _silence_")
+    validation_minutes: float = doc(10.0, "length of the validation stream the thresholds are calibrated on (one "
+                                          "false alarm on it counts 60/minutes per hour: longer calibrates finer)")
+    test_minutes: Optional[float] = doc(None, "length of the test stream the detector is evaluated on after training "
+                                              "(0 = off); null = 10 when the labels have _silence_, else 0")
+    target_fa_per_hour: float = doc(1.0, "false alarms per hour per keyword that calibration aims at")
+
+    def __post_init__(self) -> None:
+        # A stream needs room for one word: 3 s of keywords (0.6 of the stream at the least).
+        _require(self.validation_minutes >= 0.1, "kws.validation_minutes", "must be >= 0.1")
+        _require(self.test_minutes is None or self.test_minutes == 0 or self.test_minutes >= 0.1, "kws.test_minutes",
+                 "must be 0 (off) or >= 0.1")
+        _require(self.target_fa_per_hour >= 0, "kws.target_fa_per_hour", "must be >= 0")
+
+    def active(self, has_silence: bool) -> tuple[bool, float]:
+        """``(calibrate, test_minutes)`` with the nulls resolved: a detector without a "nothing said" class
+        (_silence_) names a word in every window, so streams are only worth it by default when it has one."""
+        calibrate = self.calibrate if self.calibrate is not None else has_silence
+        minutes = self.test_minutes if self.test_minutes is not None else (10.0 if has_silence else 0.0)
+        return calibrate, minutes
+
+
+@dataclass
 class Config(_Sections):
     output_dir: str = doc("runs/sc", "run folder: config.yaml, metrics.jsonl, best_sc.pt, results.json, state/")
     data: DataConfig = doc(None, "dataset location, label set and loading", init=True)
@@ -305,6 +364,8 @@ class Config(_Sections):
     tracking: TrackingConfig = doc(None, "Weights & Biases and the local report")
     latency: LatencyConfig = doc(None, "end-of-run inference latency of the best checkpoint (python -m sctrain.bench "
                                        "latency times more backends)")
+    kws: KwsConfig = doc(None, "keyword spotting on streams after training: threshold calibration, test-stream "
+                               "evaluation (python -m sctrain.streameval does it for any checkpoint)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -341,6 +402,9 @@ def _coerce(value: Any, tp: Any, key: str, from_text: bool) -> Any:
                 value = tp(value)
             except ValueError:
                 pass
+        elif tp is list or typing.get_origin(tp) is list:
+            if value.strip().startswith("["):  # a YAML list; else words split on commas below ('no' stays a word)
+                value = yaml.safe_load(value)
         elif tp is not str:
             value = yaml.safe_load(value)
     elif tp is float and isinstance(value, str):  # the same '1e-3' in a YAML file: take it as the command line does
@@ -393,6 +457,8 @@ def _all_keys(cls: type = Config, prefix: str = "") -> list[str]:
 
 
 def _unknown(key: str) -> ConfigError:
+    if key in RENAMED:
+        return ConfigError(f"config key '{key}' is now '{RENAMED[key]}'")
     close = difflib.get_close_matches(key, _all_keys(), n=1, cutoff=0.6)
     if not close:  # a right leaf in the wrong section ('epochs' for 'train.epochs')
         leaf = key.rsplit(".", 1)[-1]
@@ -537,7 +603,23 @@ def upgrade_saved(values: dict) -> dict:
     if isinstance(bench, dict) and "latency" not in values:
         values.pop("bench")
         values["latency"] = {("enabled" if k == "latency" else k): v for k, v in bench.items()}
+    if isinstance(values.get("data"), dict):
+        values["data"] = _upgrade_data(values["data"])
     return values
+
+
+def _upgrade_data(data: dict) -> dict:
+    """``kws12_unknown_ratio`` / ``kws12_silence_ratio`` became the task-independent ``unknown_ratio`` /
+    ``silence_ratio``. Their old "keep all" (``<= 0``) is now 0; an old silence share of 0 (an empty
+    _silence_ class, which is an error now) reads as the default: the label was in the checkpoint either way."""
+    data = dict(data)
+    fixes = {"kws12_unknown_ratio": lambda r: max(0.0, r), "kws12_silence_ratio": lambda r: r if r > 0 else 1.0}
+    for old, fix in fixes.items():
+        if old in data:
+            value = data.pop(old)
+            # Anything but a number goes on as it is, for _build to name the key.
+            data[old.removeprefix("kws12_")] = fix(value) if isinstance(value, (int, float)) else value
+    return data
 
 
 def dump_config(cfg: Config, path: str | Path) -> None:

@@ -62,6 +62,9 @@ def synth_copy(synthetic_root, tmp_path) -> Path:
     return Path(shutil.copytree(synthetic_root, tmp_path / "sc", ignore=shutil.ignore_patterns(".sctrain_cache")))
 
 
+THREE = ["yes", "no", "up"]  # keywords of the 6-word synthetic set: the other three are _unknown_
+
+
 @pytest.fixture(scope="module")
 def kws_root(tmp_path_factory) -> Path:
     """12 words, so kws12 has two unknown words; each of 20 speakers says each word once."""
@@ -251,11 +254,10 @@ def test_scan_kws12_maps_unknown_and_cuts_silence(kws_root):
     assert counts[unknown] == 32 and counts[silence] == 8
 
 
-def test_kws12_warns_about_missing_keywords(synthetic_root, caplog):
-    with caplog.at_level(logging.WARNING):
-        index = scan_dataset(synthetic_root, "kws12")
-    assert "on, off, stop, go" in caplog.text
-    assert index.labels == KWS12_LABELS and not index.splits["train"][0].path.startswith("_")
+def test_kws12_needs_every_keyword_folder(synthetic_root):
+    with pytest.raises(DatasetError, match="kws12 task: keywords on, off, stop, go have no folder") as e:
+        scan_dataset(synthetic_root, "kws12")
+    assert "\n" not in str(e.value)
 
 
 def test_list_file_naming_missing_clips_warns(synth_copy, caplog):
@@ -312,14 +314,14 @@ def test_pack_cache_is_reused_and_invalidated(synth_copy, caplog, monkeypatch):
     repacked = pack_dataset(scan_dataset(synth_copy, "all"), progress=False)
     assert repacked.cache_dir != first.cache_dir
     assert (repacked.split("train").audio[0] == 7).all()
-    kws = pack_dataset(scan_dataset(synth_copy, "kws12"), progress=False)  # task and options are keyed too
-    assert kws.cache_dir.name.startswith("kws12-") and kws.labels == KWS12_LABELS
+    kws = pack_dataset(scan_dataset(synth_copy, "keywords", keywords=THREE), progress=False)  # task, options keyed
+    assert kws.cache_dir.name.startswith("keywords-") and kws.labels == [*THREE, "_unknown_", "_silence_"]
 
 
 def test_a_repacked_source_removes_the_older_cache_unless_a_job_reads_it(synth_copy, caplog):
     old = pack_dataset(scan_dataset(synth_copy, "all"), progress=False)
     old_dir, changed = old.cache_dir, old.split("train").files[:2]
-    kws = pack_dataset(scan_dataset(synth_copy, "kws12"), progress=False)  # another task: not superseded
+    kws = pack_dataset(scan_dataset(synth_copy, "keywords", keywords=THREE), progress=False)  # not superseded
     del old  # no job reads it any more
     _wav(synth_copy / changed[0], np.full(16000, 7))
     with caplog.at_level(logging.INFO):
@@ -362,7 +364,7 @@ def test_wrong_rate_stereo_and_empty_clips_are_bad(synth_copy):
 
 
 def test_parallel_packing_matches_serial(synth_copy, tmp_path, monkeypatch):
-    index = scan_dataset(synth_copy, "kws12")
+    index = scan_dataset(synth_copy, "keywords", keywords=THREE)
     serial = pack_dataset(index, cache_dir=tmp_path / "serial", workers=1, progress=False)
     monkeypatch.setattr(pack_module, "PARALLEL_MIN_CLIPS", 0)
     parallel = pack_dataset(index, cache_dir=tmp_path / "parallel", workers=2, progress=False)
@@ -449,10 +451,11 @@ def test_loader_without_workers_has_no_ring(synthetic_root, tmp_path):
 
 
 def test_load_dataset_follows_the_config(synth_copy):
-    cfg = DataConfig(root=str(synth_copy), download=False, task="kws12", kws12_silence_ratio=0.0, pack_workers=1)
+    cfg = DataConfig(root=str(synth_copy), download=False, task="keywords", keywords=["no", "yes"], silence=False,
+                     unknown_ratio=0.5, pack_workers=1)
     data = load_dataset(cfg, progress=False)
-    assert data.labels == KWS12_LABELS
-    assert data.split("train").class_counts(12)[KWS12_LABELS.index("_silence_")] == 0
+    assert data.labels == ["no", "yes", "_unknown_"]
+    assert list(data.split("train").class_counts(3)) == [16, 16, 8]
 
 
 # --------------------------------------------------------------------------------- real mini dataset

@@ -35,7 +35,7 @@ from test_resume import (
 
 from sctrain.config import DataConfig
 from sctrain.data.pack import pack_dataset
-from sctrain.data.speechcommands import DatasetError, ensure_dataset, scan_dataset
+from sctrain.data.speechcommands import ensure_dataset, scan_dataset
 from sctrain.training.checkpoint.files import list_states, load_best, load_state
 from sctrain.training.stopping import EXIT_INTERRUPTED, EXIT_PREEMPTED
 from sctrain.utils import json_text
@@ -238,24 +238,24 @@ def test_a_truncated_packed_cache_is_packed_again(data_copy, tmp_path):
     assert audio.stat().st_size == size
 
 
-def test_word_folders_without_split_lists_name_the_missing_lists(data_copy, tmp_path):
-    for name in ("validation_list.txt", "testing_list.txt"):
-        (data_copy / name).unlink()
+def test_word_folders_without_split_lists_get_the_reference_split_and_half_a_pair_is_named(data_copy, tmp_path):
+    (data_copy / "testing_list.txt").unlink()  # hand-made lists, one of them lost: never guessed around
     line = error_line(run([sys.executable, "-m", "sctrain", "--config", "configs/debug.yaml", f"data.root={data_copy}",
                            "data.download=false", f"output_dir={tmp_path / 'run'}"]))
-    assert line.startswith(f"sctrain: error: {data_copy} holds word folders but no validation_list.txt and no "
-                           "testing_list.txt")
+    assert line.startswith(f"sctrain: error: {data_copy} has validation_list.txt but no testing_list.txt")
     assert "download" not in line and "v0.02" not in line
-    (data_copy / "validation_list.txt").write_text("")
-    with pytest.raises(DatasetError, match=r"but no testing_list\.txt \(the lists"):
-        ensure_dataset(DataConfig(root=str(data_copy), download=True))  # never a download over the user's data
+    (data_copy / "validation_list.txt").unlink()  # no lists at all: a user's own recordings
+    ensure_dataset(DataConfig(root=str(data_copy), download=True))  # never a download over the user's data
+    result = run(train_cmd(data_copy, tmp_path / "run2", *SHORT))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "wrote them to" in result.stderr and "reference hash split" in result.stderr
+    assert (data_copy / "validation_list.txt").is_file() and (data_copy / "testing_list.txt").is_file()
 
 
 def test_a_class_without_training_clips_is_refused_and_one_without_test_clips_pointed_out(data_copy, tmp_path):
     (data_copy / "zzz").mkdir()
     line = error_line(run(train_cmd(data_copy, tmp_path / "run1")))
-    assert line == (f"sctrain: error: word folder {data_copy / 'zzz'} holds no .wav clips, so class 'zzz' has no "
-                    "training clips; add clips or remove the folder")
+    assert line == f"sctrain: error: label 'zzz' has no training clips: {data_copy / 'zzz'} holds no .wav clips"
     (data_copy / "zzz").rmdir()
     solo = data_copy / "solo"
     solo.mkdir()

@@ -43,11 +43,11 @@ from sctrain.audio import cpu_kernels
 from sctrain.audio.constants import CLIP_SAMPLES, SAMPLE_RATE
 from sctrain.audio.features import LOG_OFFSET, NORM_EPS, feature_shape
 from sctrain.audio.frontend import FrontEnd
-from sctrain.config import AugmentConfig, ConfigError, DataConfig, FeatureConfig, load_config
+from sctrain.config import TASKS, AugmentConfig, ConfigError, DataConfig, FeatureConfig, load_config
 from sctrain.data.dataset import clip_loader
-from sctrain.data.pack import load_dataset
+from sctrain.data.pack import load_dataset, scan_config
 from sctrain.data.sampler import BalancedDistributedSampler, class_balanced_weights
-from sctrain.data.speechcommands import DatasetError, ensure_dataset, scan_dataset
+from sctrain.data.speechcommands import DatasetError, ensure_dataset
 from sctrain.inference.latency import cpu_name
 from sctrain.training.distributed import keep_freed_memory
 
@@ -177,8 +177,7 @@ def _seed_worker(worker_id: int) -> None:
 
 def reference_pipeline(cfg_data: DataConfig, features: FeatureConfig, augment: AugmentConfig, batch: int,
                        workers: int, clips: int) -> Pipeline:
-    index = scan_dataset(ensure_dataset(cfg_data, progress=False), cfg_data.task, cfg_data.kws12_unknown_ratio,
-                         cfg_data.kws12_silence_ratio)
+    index = scan_config(cfg_data, ensure_dataset(cfg_data, progress=False), progress=False)
     train = index.splits["train"]
     labels = np.array([c.label for c in train], dtype=np.int64)
     weights = torch.from_numpy(class_balanced_weights(labels, len(index.labels)))
@@ -261,7 +260,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--root", required=True, help="SpeechCommands-layout folder (real or from python -m sctrain.synth)")
     p.add_argument("--config", default=str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None,
                    help="run config whose features/augment sections both pipelines use (default: configs/default.yaml)")
-    p.add_argument("--task", default="all", choices=("all", "kws12"), help="label set (data.task)")
+    p.add_argument("--task", default="all", choices=TASKS, help="label set (data.task)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers, the same for both pipelines")
     p.add_argument("--batch", type=int, default=128, help="clips per batch")
     p.add_argument("--batches", type=int, default=60, help="timed batches per measurement")

@@ -16,7 +16,11 @@ EXIT_ERROR = 2
 EPILOG = """\
 examples:
   python -m sctrain.predict runs/sc/best_sc.pt clip.wav other.flac --top-k 3
-  python -m sctrain.predict runs/sc/best_sc.pt long_recording.wav --stream --threshold 0.5 --json
+  python -m sctrain.predict runs/sc/best_sc.pt long_recording.wav --stream --json
+  python -m sctrain.predict runs/sc/best_sc.pt long_recording.wav --stream --threshold 0.7
+
+--stream uses the per-keyword thresholds calibrated after training (stored in best_sc.pt; kws.calibrate),
+or 0.5 for a checkpoint without them; --threshold sets one value for every keyword instead.
 
 Runs on one thread unless --threads says otherwise: a 1 s clip is too little work per operator for a
 thread pool to pay reliably, and on a busy machine PyTorch's OpenMP pool makes batch-1 inference many
@@ -36,8 +40,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     s = p.add_argument_group("streaming (--stream)")
     s.add_argument("--stream", action="store_true", help="slide a 1 s window over each file and report keyword events")
     s.add_argument("--hop-ms", type=float, default=100.0, help="window hop in ms (default 100)")
-    s.add_argument("--threshold", type=float, default=0.5,
-                   help="smoothed keyword posterior that opens an event (default 0.5)")
+    s.add_argument("--threshold", type=float, default=None,
+                   help="smoothed keyword posterior that opens an event, for every keyword (default: the "
+                        "checkpoint's calibrated per-keyword thresholds, else 0.5)")
     s.add_argument("--smooth", type=int, default=5, help="windows averaged before thresholding (default 5)")
     s.add_argument("--refractory-ms", type=float, default=1000.0,
                    help="no new event this long after one (default 1000)")
@@ -48,7 +53,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         p.error(f"--threads must be >= 1, got {args.threads}")
     if not 0 < args.hop_ms <= 1000:
         p.error(f"--hop-ms must be in (0, 1000], got {args.hop_ms}")
-    if not 0 < args.threshold <= 1:
+    if args.threshold is not None and not 0 < args.threshold <= 1:
         p.error(f"--threshold must be in (0, 1], got {args.threshold}")
     if args.smooth < 1:
         p.error(f"--smooth must be >= 1, got {args.smooth}")
@@ -60,6 +65,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 def _stream_file(model, path: str, args: argparse.Namespace) -> dict:
     from sctrain.audio.constants import SAMPLE_RATE
     from sctrain.audio.io import read_audio
+    from sctrain.inference.events import threshold_dict
     from sctrain.inference.streaming import StreamingDetector
 
     wave = read_audio(path)
@@ -67,7 +73,8 @@ def _stream_file(model, path: str, args: argparse.Namespace) -> dict:
                                  refractory_ms=args.refractory_ms)
     events = detector.process(wave)
     return {"file": path, "duration_s": len(wave) / SAMPLE_RATE, "events": [e.to_dict() for e in events],
-            "windows": detector.windows, "real_time_factor": detector.real_time_factor}
+            "windows": detector.windows, "real_time_factor": detector.real_time_factor,
+            "thresholds": threshold_dict(detector.labels, detector.threshold)}
 
 
 def _text(result: dict) -> str:

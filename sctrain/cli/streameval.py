@@ -17,8 +17,6 @@ import sys
 from pathlib import Path
 
 EXIT_ERROR = 2
-# Share of the stream per stretch, when the split has non-keyword words and when it has none.
-LAYOUT = {True: (0.6, 0.2, 0.2), False: (0.8, 0.2, 0.0)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,6 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="print the JSON document instead of a summary")
     p.add_argument("--threads", type=int, default=1, help="PyTorch intra-op threads (default 1)")
     args = p.parse_args(argv)
+    from sctrain.streameval.stream import LAYOUT  # numpy only: --help and bad arguments stay quick
+
     if not args.minutes * 60 * min(shares[0] for shares in LAYOUT.values()) >= 3.0:
         p.error(f"--minutes {args.minutes:g} leaves no room for a word: use at least 0.1")
     if args.target_fa_per_hour < 0:
@@ -60,8 +60,7 @@ def _check_paths(args: argparse.Namespace) -> None:
 def _streams(args: argparse.Namespace, model, progress: bool):
     """The test and validation streams, with what the JSON should say about them."""
     from sctrain.data.pack import load_dataset
-    from sctrain.streameval.data import noise_files, noise_recordings, split_clips
-    from sctrain.streameval.stream import build_stream
+    from sctrain.streameval.data import noise_files, split_stream
 
     cfg = model.config.data
     if args.root is not None:
@@ -73,15 +72,8 @@ def _streams(args: argparse.Namespace, model, progress: bool):
     paths = noise_files(args.noise) if args.noise else [root / p for p in data.meta["background_files"]]
     if args.noise and not paths:
         raise InputError(f"--noise: no .wav/.flac/.ogg recordings in {args.noise}")
-    streams = {}
-    for split, seed in ((args.split, args.seed), ("validation", args.seed + 1)):
-        keywords, unknown = split_clips(data, split)
-        if not keywords:
-            raise InputError(f"the {split} split of {root} holds no keyword clips")
-        shares = LAYOUT[bool(unknown)]
-        seconds = [args.minutes * 60 * s for s in shares]
-        streams[split] = build_stream(keywords, noise_recordings(paths, split), seconds[0], seconds[1], unknown,
-                                      seconds[2], seed=seed)
+    streams = {split: split_stream(data, split, args.minutes, seed, paths)
+               for split, seed in ((args.split, args.seed), ("validation", args.seed + 1))}
     return streams, {"root": str(root), "noise": [str(p) for p in paths]}
 
 

@@ -16,7 +16,6 @@ import math
 import multiprocessing as mp
 import os
 import shutil
-import stat
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -32,6 +31,7 @@ import numpy as np
 from sctrain.audio.constants import CLIP_SAMPLES, SAMPLE_RATE
 from sctrain.audio.io import AudioError, read_source
 from sctrain.data.dataset import PackedDataset
+from sctrain.data.hashsplit import ensure_split_lists
 from sctrain.data.speechcommands import (
     LIST_FILES,
     SPLITS,
@@ -39,6 +39,8 @@ from sctrain.data.speechcommands import (
     DatasetIndex,
     decode_into,
     ensure_dataset,
+    ensure_test_set,
+    is_writable,
     scan_dataset,
 )
 
@@ -53,12 +55,34 @@ KWS12_SEED = 0  # fixed, not train.seed: every run of a task sees the same _unkn
 # --------------------------------------------------------------------------------------- packing side
 
 def load_dataset(cfg, progress: bool = True) -> PackedDataset:
-    """The packed dataset that ``cfg`` (a ``DataConfig``) describes: fetch, scan and pack as needed."""
-    root = ensure_dataset(cfg, progress=progress)
-    index = scan_dataset(root, cfg.task, cfg.kws12_unknown_ratio, cfg.kws12_silence_ratio, seed=KWS12_SEED)
+    """The packed dataset that ``cfg`` (a ``DataConfig``) describes: fetch, scan and pack as needed.
+
+    A root without split lists gets TensorFlow's reference hash split (written into the cache folder when
+    the root is read-only); ``data.test_set=official`` fetches the released test set once.
+    """
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else None
+    index = scan_config(cfg, ensure_dataset(cfg, progress=progress), cache_dir, progress)
     return pack_dataset(index, cache_dir=cache_dir, workers=cfg.pack_workers, skip_bad=cfg.skip_bad_clips,
                         progress=progress)
+
+
+def scan_config(cfg, root: Path, cache_dir: Optional[Path] = None, progress: bool = True) -> DatasetIndex:
+    """:func:`scan_dataset` of ``root`` as ``cfg`` (a ``DataConfig``) says, split lists and test set ensured."""
+    lists_dir = ensure_split_lists(root, side_folder(root, cache_dir, "split_lists"))
+    test_root = None
+    if cfg.test_set == "official":
+        test_root = ensure_test_set(cfg, side_folder(root, cache_dir, "official_test_set"), progress=progress)
+    return scan_dataset(root, cfg.task, cfg.unknown_ratio, cfg.silence_ratio, seed=KWS12_SEED,
+                        keywords=cfg.keywords, silence=cfg.use_silence, lists_dir=lists_dir, test_root=test_root)
+
+
+def side_folder(root: Path, cache_dir: Optional[Path], name: str) -> Path:
+    """A folder of ``root``'s own in the cache (``cache_dir``, else the user cache) for what the dataset
+    lacks and a read-only root cannot take: split lists, the official test set."""
+    if cache_dir is None:
+        return default_cache_dirs(root)[1] / name
+    tag = hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()[:8]
+    return Path(cache_dir) / f"{name}-{Path(root).resolve().name}-{tag}"
 
 
 def fingerprint(index: DatasetIndex) -> str:
@@ -66,10 +90,12 @@ def fingerprint(index: DatasetIndex) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"format": FORMAT_VERSION, "task": index.task, "options": index.options,
                          "labels": index.labels}, sort_keys=True).encode())
-    sources = set(LIST_FILES.values())
+    lists = index.lists_dir or index.root
+    sources = {_relative(lists / name, index.root) for name in LIST_FILES.values()}
     for split in SPLITS:
         for c in index.splits.get(split, []):
-            h.update(f"{split}\t{c.path}\t{c.label}\t{c.offset}\n".encode())
+            gain = f"\t{c.gain}" if c.gain != 1.0 else ""  # only _silence_ cuts: other tasks' caches stay valid
+            h.update(f"{split}\t{c.path}\t{c.label}\t{c.offset}{gain}\n".encode())
             sources.add(c.path)
     sources.update(_relative(p, index.root) for p in index.background)
     for rel in sorted(sources):
@@ -108,7 +134,7 @@ def pack_dataset(index: DatasetIndex, cache_dir: Optional[Path] = None, workers:
                 return PackedDataset(parent / name)
             log.warning("packed dataset %s does not match its meta.json (%s): packing it again", parent / name, damage)
             _discard(parent / name)
-    parent = next((p for p in parents if _writable(p)), None)
+    parent = next((p for p in parents if is_writable(p)), None)
     if parent is None:
         raise DatasetError(f"no writable folder for the packed cache: tried {', '.join(map(str, parents))}")
     data = PackedDataset(_build(index, parent, name, fp, workers or os.cpu_count() or 1, skip_bad, progress))
@@ -200,18 +226,6 @@ def _discard(folder: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _writable(folder: Path) -> bool:
-    """True when ``folder`` (or its nearest existing parent) may be written.
-
-    Write bits count even for root, which ``os.access`` ignores: a folder without them (the shared
-    read-only datasets) is meant to stay untouched.
-    """
-    folder = Path(folder).absolute()
-    while not folder.exists():
-        folder = folder.parent
-    return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
-
-
 def _relative(path: Path, root: Path) -> str:
     try:
         return Path(path).relative_to(root).as_posix()
@@ -272,7 +286,7 @@ def _decode_splits(index: DatasetIndex, tmp: Path, workers: int, progress: bool)
         npy = tmp / f"audio_{s}.npy"
         np.lib.format.open_memmap(npy, mode="w+", dtype=np.int16, shape=(len(clips), CLIP_SAMPLES)).flush()
         for lo in range(0, len(clips), chunk):
-            items = [(str(index.root / c.path), c.offset) for c in clips[lo:lo + chunk]]
+            items = [(str(index.root / c.path), c.offset, c.gain) for c in clips[lo:lo + chunk]]
             jobs.append((s, str(npy), lo, items))
     bad_rows: list[tuple[str, int, str]] = []
     with tqdm(total=total, unit="clip", desc="packing", disable=not progress) as bar:

@@ -3,6 +3,10 @@
 Layout (Warden 2018, arXiv:1804.03209): ``<word>/<speaker>_nohash_<n>.wav`` (16 kHz mono PCM16, at most
 1 s), ``_background_noise_/*.wav`` (long noise recordings), and ``validation_list.txt`` /
 ``testing_list.txt`` naming the held-out clips relative to the root; every other clip is training data.
+A folder of ``<word>/*.wav`` without the two lists is used too: :func:`sctrain.data.hashsplit.ensure_split_lists`
+writes them by TensorFlow's reference hash split. The official 12-class test set
+(``speech_commands_test_set_<version>.tar.gz``: folders of the ten keywords, ``_unknown_`` and ``_silence_``)
+can replace the listed test clips (:func:`ensure_test_set`).
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import http.client
 import logging
 import os
 import shutil
+import stat
 import tarfile
 import tempfile
 import urllib.error
@@ -22,8 +27,10 @@ from typing import Optional
 import numpy as np
 import soundfile as sf
 
-from sctrain.audio.constants import CLIP_SAMPLES
-from sctrain.audio.io import AudioError, decode_error, read_clip
+from sctrain.audio.constants import CLIP_SAMPLES, INT16_SCALE
+from sctrain.audio.io import AudioError, decode_error, read_clip, to_int16
+from sctrain.config import TASKS
+from sctrain.utils import shorten
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +54,24 @@ SHA256 = {
     "v0.01": "743935421bb51cccdb6bdd152e04c5c70274e935c82119ad7faeec31780d811d",
     "v0.02": "af14739ee7dc311471de98f5f9d2c9191b18aedfe957f4a6ff791c709868ff58",
 }
+TEST_SET_URLS = {v: f"http://download.tensorflow.org/data/speech_commands_test_set_{v}.tar.gz" for v in URLS}
+# The published values: v0.02 from tensorflow_datasets (url_checksums/speech_commands.txt, 112,563,277 bytes),
+# v0.01 from Hugging Face datasets' SUPERB "ks" task (superb/dataset_infos.json, 71,271,436 bytes; it lists the
+# main v0.01 archive with the value in SHA256 above).
+TEST_SET_SHA256 = {
+    "v0.01": "baa084f6b62c91de660ff0588ae4dfc4e4d534aa99ac0e5f406cba75836cbd00",
+    "v0.02": "cc2a00c1147c2254e9be3fa0f779d8c17421dc349b86366567a8edfa9acd51df",
+}
 _MARKER = ".sctrain_extracted"  # written last inside an extracted folder: its presence means "complete"
+# Folders named like the official archives hold a dataset (e.g. the test set extracted into a root that is
+# itself the layout), never a word.
+DATASET_PREFIX = "speech_commands_"
+# _silence_ cuts are scaled by a gain drawn uniformly in dB: a deployed detector hears quiet rooms as well as
+# the loud noise recordings. A share of them is near-digital silence (a muted or gated microphone): at -80 dB
+# a recording at a tenth of full scale is left within +-1 LSB.
+SILENCE_GAIN_DB = (-30.0, 0.0)
+NEAR_SILENCE_SHARE = 0.1
+NEAR_SILENCE_DB = -80.0
 
 
 class DatasetError(RuntimeError):
@@ -56,9 +80,10 @@ class DatasetError(RuntimeError):
 
 @dataclass(frozen=True)
 class Clip:
-    path: str  # relative to the dataset root, forward slashes
+    path: str  # relative to the dataset root, forward slashes (absolute for official test clips outside it)
     label: int
     offset: int = 0  # first sample; non-zero only for _silence_ cuts of a noise recording
+    gain: float = 1.0  # linear factor applied when decoding; below 1 only for _silence_ cuts
 
 
 @dataclass
@@ -70,16 +95,52 @@ class DatasetIndex:
     task: str = "all"
     # The scan parameters that shaped the splits (ratios, seed): part of the packed cache's fingerprint.
     options: dict = field(default_factory=dict)
+    lists_dir: Optional[Path] = None  # where the split lists were read (None: root)
 
 
 # ------------------------------------------------------------------------------------ fetch + extract
+
+def word_folders(root: Path) -> list[str]:
+    """The word folder names under ``root``, sorted (not ``_background_noise_``, hidden or dataset folders)."""
+    return sorted(p.name for p in Path(root).iterdir()
+                  if p.is_dir() and not p.name.startswith(("_", ".", DATASET_PREFIX)))
+
 
 def is_layout(folder: Path) -> bool:
     """True when ``folder`` holds word folders and both list files."""
     folder = Path(folder)
     if not all((folder / name).is_file() for name in LIST_FILES.values()):
         return False
-    return any(p.is_dir() and not p.name.startswith(("_", ".")) for p in folder.iterdir())
+    return bool(word_folders(folder))
+
+
+def has_words(folder: Path) -> bool:
+    """True when ``folder`` holds a word folder with a ``.wav`` in it (a layout, with or without list files)."""
+    folder = Path(folder)
+    return folder.is_dir() and any(_holds_wav(folder / w) for w in word_folders(folder))
+
+
+def _holds_wav(folder: Path) -> bool:
+    with os.scandir(folder) as entries:  # stops at the first: a word folder may hold thousands
+        return any(e.is_file() and e.name.lower().endswith(".wav") for e in entries)
+
+
+def is_test_set(folder: Path) -> bool:
+    """True when ``folder`` looks like the extracted official test set (``_unknown_`` and keyword folders)."""
+    folder = Path(folder)
+    return (folder / UNKNOWN).is_dir() and any((folder / k).is_dir() for k in KEYWORDS)
+
+
+def is_writable(folder: Path) -> bool:
+    """True when ``folder`` (or its nearest existing parent) may be written.
+
+    Write bits count even for root, which ``os.access`` ignores: a folder without them (the shared
+    read-only datasets) is meant to stay untouched.
+    """
+    folder = Path(folder).absolute()
+    while not folder.exists():
+        folder = folder.parent
+    return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
 
 
 def sha256_file(path: Path) -> str:
@@ -167,8 +228,12 @@ def _stem(archive: Path) -> str:
     return name
 
 
-def extract_archive(archive: Path, dest: Path) -> Path:
-    """Extract ``archive`` into the new folder ``dest`` atomically (temp folder, marker, rename)."""
+LAYOUT_TEXT = "SpeechCommands layout (word folders + validation_list.txt + testing_list.txt)"
+
+
+def extract_archive(archive: Path, dest: Path, check=is_layout, what: str = LAYOUT_TEXT) -> Path:
+    """Extract ``archive`` into the new folder ``dest`` atomically (temp folder, marker, rename); ``check``
+    tells whether a folder holds the expected content (``what``, for the error)."""
     archive, dest = Path(archive), Path(dest)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
@@ -184,17 +249,16 @@ def extract_archive(archive: Path, dest: Path) -> Path:
         # The official archives are flat; tolerate one wrapping folder as well.
         top = tmp
         entries = [p for p in tmp.iterdir()]
-        if not is_layout(tmp) and len(entries) == 1 and entries[0].is_dir():
+        if not check(tmp) and len(entries) == 1 and entries[0].is_dir():
             top = entries[0]
-        if not is_layout(top):
-            raise DatasetError(f"{archive} holds no SpeechCommands layout (word folders + validation_list.txt "
-                               f"+ testing_list.txt)")
+        if not check(top):
+            raise DatasetError(f"{archive} holds no {what}")
         (top / _MARKER).write_text(f"{archive.name}\n")
         try:
             os.rename(top, dest)
         except OSError as e:
             if not (dest / _MARKER).is_file():  # not another process finishing first: a real error
-                raise DatasetError(f"cannot move the extracted dataset to {dest}: {e.strerror}") from None
+                raise DatasetError(f"cannot move the extracted archive to {dest}: {e.strerror}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
@@ -222,7 +286,7 @@ def ensure_dataset(cfg, *, url: Optional[str] = None, sha256: Optional[str] = No
     archive when ``cfg.download``. ``url`` and ``sha256`` override the official ones (tests, mirrors).
     """
     root = Path(cfg.root).expanduser()
-    if root.is_dir() and is_layout(root):
+    if root.is_dir() and (is_layout(root) or has_words(root)):  # lists missing: ensure_split_lists writes them
         return root
     url = url or URLS[cfg.version]
     expected = sha256 if sha256 is not None else SHA256.get(cfg.version)
@@ -276,75 +340,146 @@ def _find_extracted(root: Path, preferred: Path) -> Optional[Path]:
     return None
 
 
+def ensure_test_set(cfg, fallback: Optional[Path] = None, *, url: Optional[str] = None,
+                    sha256: Optional[str] = None, progress: bool = True) -> Path:
+    """The extracted official test set of ``cfg.version`` (``data.test_set=official``), fetched if needed.
+
+    Looked for in ``cfg.root``, then in ``fallback`` (a cache folder, for a read-only root): the extracted
+    ``speech_commands_test_set_<version>``, else its archive (verified, extracted once); else downloaded
+    when ``cfg.download``, by the same cached, resumable, checked :func:`download_file` as the main archive,
+    into the first of the two that may be written. ``url`` and ``sha256`` override the official ones.
+    """
+    name = f"speech_commands_test_set_{cfg.version}"
+    url = url or TEST_SET_URLS[cfg.version]
+    expected = sha256 if sha256 is not None else TEST_SET_SHA256[cfg.version]
+    folders = [Path(cfg.root).expanduser()] + ([Path(fallback)] if fallback is not None else [])
+    for folder in folders:
+        if (folder / name / _MARKER).is_file() or is_test_set(folder / name):
+            return folder / name
+    home = next((f for f in folders if is_writable(f)), None)
+    archive = next((f / f"{name}.tar.gz" for f in folders if (f / f"{name}.tar.gz").is_file()), None)
+    if archive is None and not cfg.download:
+        raise DatasetError(f"data.test_set=official: no {name} in {folders[0]} and data.download is false; fetch "
+                           f"{url} to {folders[0] / (name + '.tar.gz')}")
+    if home is None:
+        raise DatasetError(f"data.test_set=official: no writable folder for {name}: tried "
+                           f"{', '.join(map(str, folders))}")
+    if (home / name).exists():
+        raise DatasetError(f"{home / name} exists but holds no complete official test set; delete it to extract again")
+    home.mkdir(parents=True, exist_ok=True)
+    if archive is None:
+        log.info("downloading the official test set %s to %s", url, home)
+        archive = download_file(url, home / f"{name}.tar.gz", expected, progress=progress)
+    elif expected is not None:
+        log.info("verifying %s", archive)
+        _check_sha256(archive, sha256_file(archive), expected, shown=archive)
+    return extract_archive(archive, home / name, check=is_test_set,
+                           what="official test set (folders _unknown_, _silence_ and the keywords)")
+
+
 # ----------------------------------------------------------------------------------------- scanning
 
-def scan_dataset(root: Path, task: str, unknown_ratio: float = 1.0, silence_ratio: float = 1.0,
-                 seed: int = 0) -> DatasetIndex:
-    """Index the clips under ``root`` into train/validation/test splits for ``task``.
+@dataclass(frozen=True)
+class LabelPlan:
+    """What the word folders become: the label list, each word folder's label, the filler classes' ids."""
 
-    ``task='all'``: one label per word folder, sorted. ``task='kws12'`` follows Warden 2018 and the
-    TensorFlow ``speech_commands`` reference (``input_data.py``): the ten keywords, ``_unknown_`` for every
-    other word and ``_silence_``. Per split, ``_unknown_`` is subsampled (seeded) to ``unknown_ratio`` x the
-    mean keyword class size (``<= 0`` keeps all), and ``_silence_`` holds ``silence_ratio`` x that many 1 s
-    cuts of the background-noise recordings at seeded offsets (the reference uses silent clips with noise
-    mixed in; cuts of real noise make the validation and test silence realistic without augmentation).
-    Each split draws its cuts from its own stretch of every recording (train 80 %, validation and test
-    10 % each) so no cut is shared between splits.
+    labels: list[str]
+    targets: list[str]  # the words with a label of their own
+    label_of: dict[str, int]  # word folder -> label (its own, or _unknown_'s)
+    unknown: Optional[int] = None
+    silence: Optional[int] = None
+
+
+def plan_labels(root: Path, task: str, words: list[str], keywords: list[str] = (), silence: bool = False) -> LabelPlan:
+    """The labels ``task`` gives the word folders ``words`` of ``root``.
+
+    ``all``: one label per word folder, sorted. ``keywords``: ``keywords`` in their order (none given: every
+    word folder, sorted), then ``_unknown_`` for the other words (absent when there are none). ``kws12``:
+    ``keywords`` with the ten Warden keywords, whose 12 labels always include ``_unknown_``. ``silence``
+    appends ``_silence_``. A keyword without a folder is a :class:`DatasetError`.
+    """
+    if task not in TASKS:
+        raise DatasetError(f"unknown task {task!r} for {root}: use one of {', '.join(TASKS)}")
+    targets = list(words if task == "all" or (task == "keywords" and not keywords) else
+                   KEYWORDS if task == "kws12" else keywords)
+    missing = [k for k in targets if k not in words]
+    if missing:
+        raise DatasetError(f"{task} task: keyword{'s' * (len(missing) > 1)} {', '.join(missing)} "
+                           f"{'have' if len(missing) > 1 else 'has'} no folder in {root} "
+                           f"(word folders: {shorten(', '.join(words), 100)})")
+    others = [w for w in words if w not in targets]
+    if task == "kws12" and not others:
+        raise DatasetError(f"kws12 task: _unknown_ would have no clips: every word folder in {root} is one of the "
+                           f"ten keywords; data.task=keywords leaves _unknown_ out")
+    if task == "keywords" and not others:
+        log.info("%s: every word folder is a keyword, so there is no _unknown_ class", root)
+    labels = targets + ([UNKNOWN] if others else []) + ([SILENCE] if silence else [])
+    label_of = {w: labels.index(w) if w in targets else labels.index(UNKNOWN) for w in words}
+    return LabelPlan(labels, targets, label_of, labels.index(UNKNOWN) if others else None,
+                     labels.index(SILENCE) if silence else None)
+
+
+def scan_dataset(root: Path, task: str = "all", unknown_ratio: float = 1.0, silence_ratio: float = 1.0,
+                 seed: int = 0, *, keywords: list[str] = (), silence: Optional[bool] = None,
+                 lists_dir: Optional[Path] = None, test_root: Optional[Path] = None) -> DatasetIndex:
+    """Index the clips under ``root`` into train/validation/test splits for ``task`` (see :func:`plan_labels`).
+
+    Following Warden 2018 and the TensorFlow ``speech_commands`` reference (``input_data.py``), per split
+    ``_unknown_`` is subsampled (seeded) to ``unknown_ratio`` x the mean keyword class size (0 keeps all),
+    and ``_silence_`` (``silence``; default: for the keyword tasks) holds ``silence_ratio`` x that many 1 s
+    cuts of the background-noise recordings at seeded offsets and gains (:data:`SILENCE_GAIN_DB`, a share
+    near digital silence). Both shares are multiples of the mean keyword class size: the reference's 10 %
+    of the keyword clips each is 1.0 with its ten keywords. Cuts of real noise make the validation and test
+    silence realistic without augmentation; each split cuts its own stretch of every recording (train 80 %,
+    validation and test 10 % each), so no cut is shared between splits.
+
+    ``lists_dir``: where ``validation_list.txt`` / ``testing_list.txt`` are (default ``root``).
+    ``test_root``: the extracted official test set, which then is the test split (the listed test clips
+    are left out: the same speakers). A label without training clips is a :class:`DatasetError`.
     """
     root = Path(root)
-    if task not in ("all", "kws12"):
-        raise DatasetError(f"unknown task {task!r} for {root}: use 'all' or 'kws12'")
     if not root.is_dir():
         raise DatasetError(f"dataset folder not found: {root}")
-    words = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
+    words = word_folders(root)
     if not words:
         raise DatasetError(f"no word folders in {root}: expected <word>/<speaker>_nohash_<n>.wav")
+    silence = task != "all" if silence is None else silence
+    plan = plan_labels(root, task, words, list(keywords), silence)
     files = {w: sorted(f"{w}/{e.name}" for e in os.scandir(root / w)
                        if e.is_file() and e.name.lower().endswith(".wav")) for w in words}
-    split_of = _read_split_lists(root, {p for paths in files.values() for p in paths})
+    split_of = _read_split_lists(Path(lists_dir or root), root, {p for paths in files.values() for p in paths})
     background = sorted(p for p in (root / BACKGROUND_DIR).glob("*.wav")) if (root / BACKGROUND_DIR).is_dir() else []
-
-    if task == "all":
-        labels = list(words)
-        splits = {s: [] for s in SPLITS}
-        for label, w in enumerate(words):
-            for p in files[w]:
-                splits[split_of.get(p, "train")].append(Clip(p, label))
-        _check_classes(root, labels, files, splits)
-        options: dict = {}
-    else:
-        labels = list(KWS12_LABELS)
-        splits = _kws12_splits(root, words, files, split_of, background, unknown_ratio, silence_ratio, seed)
-        options = {"unknown_ratio": float(unknown_ratio), "silence_ratio": float(silence_ratio), "seed": seed}
-    log.info("%s (%s): %d labels; %s", root, task, len(labels),
+    splits = _splits(root, plan, files, split_of, background, unknown_ratio, silence_ratio, seed)
+    if test_root is not None:
+        splits["test"] = official_test_clips(Path(test_root), plan, root)
+    _check_classes(root, plan, splits, files)
+    options = _options(task, plan, silence, unknown_ratio, silence_ratio, seed, test_root)
+    log.info("%s (%s): %d labels; %s", root, task, len(plan.labels),
              ", ".join(f"{s} {len(c)} clips" for s, c in splits.items()))
-    return DatasetIndex(root=root, labels=labels, splits=splits, background=background, task=task,
-                        options=options)
+    return DatasetIndex(root=root, labels=plan.labels, splits=splits, background=background, task=task,
+                        options=options, lists_dir=Path(lists_dir) if lists_dir else None)
 
 
-def _check_classes(root: Path, labels: list[str], files: dict[str, list[str]], splits: dict[str, list[Clip]]) -> None:
-    """task=all makes a class of every word folder: one that cannot be learned is refused, and one that
-    is never measured (no validation or test clips) is pointed out."""
-    counts = {s: np.bincount([c.label for c in splits[s]], minlength=len(labels)) for s in SPLITS}
-    for i, word in enumerate(labels):
-        if counts["train"][i] == 0:
-            why = f"has all its {len(files[word])} clips in the split lists" if files[word] else "holds no .wav clips"
-            raise DatasetError(f"word folder {root / word} {why}, so class '{word}' has no training clips; add "
-                               "clips or remove the folder")
-    for split in ("validation", "test"):
-        absent = [word for i, word in enumerate(labels) if counts[split][i] == 0]
-        if absent:
-            log.warning("classes without %s clips (their %s accuracy is not measured): %s", split, split,
-                        ", ".join(absent))
+def _options(task: str, plan: LabelPlan, silence: bool, unknown_ratio: float, silence_ratio: float, seed: int,
+             test_root: Optional[Path]) -> dict:
+    if task == "all" and not silence and test_root is None:
+        return {}  # the one-label-per-word scan depends on nothing else (and its caches stay valid)
+    options = {"seed": seed, "silence": silence, "silence_ratio": float(silence_ratio)}
+    if task != "all":
+        options.update(keywords=plan.targets, unknown_ratio=float(unknown_ratio))
+    if test_root is not None:
+        options["test_set"] = str(test_root)
+    return options
 
 
-def _read_split_lists(root: Path, present: set[str]) -> dict[str, str]:
+def _read_split_lists(lists_dir: Path, root: Path, present: set[str]) -> dict[str, str]:
     """Map each listed clip to 'validation' or 'test' (the official lists never overlap)."""
     split_of: dict[str, str] = {}
     for split, name in LIST_FILES.items():
-        path = root / name
+        path = lists_dir / name
         if not path.is_file():
-            raise DatasetError(f"split list not found: {path}")
+            raise DatasetError(f"split list not found: {path} (load_dataset writes TensorFlow's reference hash "
+                               f"split for a folder without lists)")
         listed = [line.strip().replace("\\", "/").removeprefix("./") for line in path.read_text().splitlines()]
         listed = [p for p in listed if p]
         missing = [p for p in listed if p not in present]
@@ -356,37 +491,57 @@ def _read_split_lists(root: Path, present: set[str]) -> dict[str, str]:
     return split_of
 
 
-def _kws12_splits(root: Path, words: list[str], files: dict[str, list[str]], split_of: dict[str, str],
-                  background: list[Path], unknown_ratio: float, silence_ratio: float,
-                  seed: int) -> dict[str, list[Clip]]:
-    absent = [w for w in KEYWORDS if w not in files]
-    if absent:
-        log.warning("kws12: keywords %s have no folder in %s; their classes stay empty", ", ".join(absent), root)
-    unknown_id, silence_id = KWS12_LABELS.index(UNKNOWN), KWS12_LABELS.index(SILENCE)
+def _splits(root: Path, plan: LabelPlan, files: dict[str, list[str]], split_of: dict[str, str],
+            background: list[Path], unknown_ratio: float, silence_ratio: float, seed: int) -> dict[str, list[Clip]]:
     keyword = {s: [] for s in SPLITS}
     unknown = {s: [] for s in SPLITS}
-    for w in words:
-        for p in files[w]:
-            s = split_of.get(p, "train")
-            if w in KEYWORDS:
-                keyword[s].append(Clip(p, KEYWORDS.index(w)))
-            else:
-                unknown[s].append(Clip(p, unknown_id))
-    lengths = [_frames(p) for p in background]
+    for w, paths in files.items():
+        label = plan.label_of[w]
+        for p in paths:
+            (unknown if label == plan.unknown else keyword)[split_of.get(p, "train")].append(Clip(p, label))
+    lengths = [_frames(p) for p in background] if plan.silence is not None else []
     splits = {}
     for k, s in enumerate(SPLITS):
         rng = np.random.default_rng([seed, k])  # one stream per split: a split's draw never shifts another's
-        sizes = np.bincount([c.label for c in keyword[s]], minlength=len(KEYWORDS))
+        sizes = np.bincount([c.label for c in keyword[s]], minlength=len(plan.labels))
         # Mean over the keywords present, so a partial copy does not shrink _unknown_ / _silence_.
         present = sizes[sizes > 0]
-        mean = float(present.mean()) if len(present) else len(unknown[s]) / max(1, len(words))
+        mean = float(present.mean()) if len(present) else len(unknown[s]) / max(1, len(files))
         pool = unknown[s]
-        if unknown_ratio > 0 and len(pool) > round(unknown_ratio * mean):
-            keep = np.sort(rng.choice(len(pool), size=round(unknown_ratio * mean), replace=False))
-            pool = [pool[i] for i in keep]
-        silence = _silence_cuts(root, background, lengths, round(silence_ratio * mean), k, rng, silence_id)
+        keep = max(1, round(unknown_ratio * mean))
+        if unknown_ratio > 0 and len(pool) > keep:
+            pool = [pool[i] for i in np.sort(rng.choice(len(pool), size=keep, replace=False))]
+        silence = []
+        if plan.silence is not None:
+            silence = _silence_cuts(root, background, lengths, max(1, round(silence_ratio * mean)), k, rng,
+                                    plan.silence)
         splits[s] = keyword[s] + pool + silence
     return splits
+
+
+def _check_classes(root: Path, plan: LabelPlan, splits: dict[str, list[Clip]], files: dict[str, list[str]]) -> None:
+    """One-line :class:`DatasetError` for the first label without training clips: it could not be learnt;
+    a warning for labels without validation or test clips: they are never measured."""
+    for split in ("validation", "test"):
+        present = set(c.label for c in splits[split])
+        absent = [name for label, name in enumerate(plan.labels) if label not in present]
+        if absent:
+            log.warning("classes without %s clips (their %s accuracy is not measured): %s", split, split,
+                        ", ".join(absent))
+    counts = np.bincount([c.label for c in splits["train"]], minlength=len(plan.labels))
+    for label, name in enumerate(plan.labels):
+        if counts[label]:
+            continue
+        if label == plan.silence:
+            reason = (f"no background recording of >= 1 s in {root / BACKGROUND_DIR} to cut it from (add some, or "
+                      f"set data.silence=false)")
+        elif label == plan.unknown:
+            reason = f"the other word folders ({', '.join(w for w in files if w not in plan.targets)}) hold none"
+        elif not files[name]:
+            reason = f"{root / name} holds no .wav clips"
+        else:
+            reason = f"all {len(files[name])} of its clips are in {' / '.join(LIST_FILES.values())}"
+        raise DatasetError(f"label {name!r} has no training clips: {reason}")
 
 
 def _frames(path: Path) -> int:
@@ -404,11 +559,8 @@ _SILENCE_STRETCH = {0: (0.0, 0.8), 1: (0.8, 0.9), 2: (0.9, 1.0)}  # split number
 
 def _silence_cuts(root: Path, background: list[Path], lengths: list[int], count: int, split: int,
                   rng: np.random.Generator, label: int) -> list[Clip]:
-    if count <= 0:
-        return []
     usable = [(p, n) for p, n in zip(background, lengths) if n >= CLIP_SAMPLES]
-    if not usable:
-        log.warning("kws12: no background recording of >= 1 s in %s; _silence_ stays empty", root / BACKGROUND_DIR)
+    if count <= 0 or not usable:  # no recording: _check_classes names the problem
         return []
     lo_share, hi_share = _SILENCE_STRETCH[split]
     cuts = []
@@ -417,23 +569,56 @@ def _silence_cuts(root: Path, background: list[Path], lengths: list[int], count:
         lo, hi = int(lo_share * n), int(hi_share * n) - CLIP_SAMPLES
         if hi < lo:  # recording too short to split three ways: use all of it
             lo, hi = 0, n - CLIP_SAMPLES
-        cuts.append(Clip(path.relative_to(root).as_posix(), label, int(rng.integers(lo, hi + 1))))
+        offset = int(rng.integers(lo, hi + 1))
+        db = NEAR_SILENCE_DB if rng.random() < NEAR_SILENCE_SHARE else rng.uniform(*SILENCE_GAIN_DB)
+        cuts.append(Clip(path.relative_to(root).as_posix(), label, offset, round(10 ** (db / 20), 6)))
     return sorted(cuts, key=lambda c: (c.path, c.offset))
+
+
+def official_test_clips(test_root: Path, plan: LabelPlan, root: Path) -> list[Clip]:
+    """The official test set's clips under ``plan``'s labels: a keyword folder as its keyword (a Warden
+    keyword outside ``plan.targets`` as ``_unknown_``), ``_unknown_`` and ``_silence_`` as themselves."""
+    outside = [k for k in plan.targets if k not in KEYWORDS]
+    if outside:
+        raise DatasetError(f"data.test_set=official labels only the ten Warden keywords, not "
+                           f"{shorten(', '.join(outside), 80)}: use data.test_set=lists")
+    clips, dropped = [], []
+    for folder in sorted(p for p in test_root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        name = folder.name
+        label = (plan.label_of[name] if name in plan.targets else plan.silence if name == SILENCE else
+                 plan.unknown if name == UNKNOWN or name in KEYWORDS else None)
+        paths = sorted(e.name for e in os.scandir(folder) if e.is_file() and e.name.lower().endswith(".wav"))
+        if label is None:
+            dropped.append(name)
+            continue
+        clips += [Clip(_within(folder / p, root), label) for p in paths]
+    if dropped:
+        log.info("official test set %s: left out %s (no such label here)", test_root, ", ".join(dropped))
+    return clips
+
+
+def _within(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` when inside it, else absolute (``root / it`` gives it back either way)."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.absolute().as_posix()
 
 
 # ------------------------------------------------------------------------------------------ decoding
 
-def decode_into(npy_path: str, start: int, items: list[tuple[str, int]]) -> list[tuple[int, str]]:
-    """Decode ``(path, offset)`` pairs into rows ``start...`` of the int16 .npy at ``npy_path``.
+def decode_into(npy_path: str, start: int, items: list[tuple[str, int, float]]) -> list[tuple[int, str]]:
+    """Decode ``(path, offset, gain)`` triples into rows ``start...`` of the int16 .npy at ``npy_path``.
 
     Writing into the memory-mapped file (not returning arrays) keeps gigabytes of audio off the pipes
     between processes. Returns ``(row, reason)`` for the clips that could not be decoded (left zero).
     """
     audio = np.load(npy_path, mmap_mode="r+")
     bad = []
-    for i, (path, offset) in enumerate(items):
+    for i, (path, offset, gain) in enumerate(items):
         try:
-            audio[start + i] = read_clip(path, offset)
+            clip = read_clip(path, offset)
+            audio[start + i] = clip if gain == 1.0 else to_int16(clip / INT16_SCALE * gain)
         except AudioError as e:
             bad.append((start + i, e.reason))
     audio.flush()

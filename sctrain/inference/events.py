@@ -68,6 +68,13 @@ def keyword_thresholds(labels: Sequence[str], threshold: Thresholds,
     return values
 
 
+def threshold_dict(labels: Sequence[str], threshold: Thresholds,
+                   ignore: Iterable[str] = FILLER_LABELS) -> dict[str, float]:
+    """``{keyword: threshold}`` for every keyword of ``labels`` (the ignored labels left out)."""
+    values = keyword_thresholds(labels, threshold, ignore)
+    return {lab: float(v) for lab, v in zip(labels, values) if np.isfinite(v)}
+
+
 class EventDecoder:
     """Feed one posterior vector per window with :meth:`step`, in stream order; it returns the events that
     window completes. :meth:`flush` ends the stream.

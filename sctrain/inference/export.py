@@ -14,9 +14,12 @@ itself); TorchScript files are traced from :attr:`LoadedModel.cpu_net`, the fami
 
 Output ``logits``: ``float32 [batch, labels]``. The file's metadata (ONNX ``metadata_props``, TorchScript
 ``_extra_files``) carries ``sctrain.labels`` (JSON list, in logit order), ``sctrain.input``,
-``sctrain.input_shape``, ``sctrain.sample_rate`` and ``sctrain.features`` (JSON). After writing, the
-command runs the file (ONNX Runtime / ``torch.jit.load``) and PyTorch on real clips and fails, keeping
-no file, unless every argmax agrees and the largest logit difference is within ``--atol``.
+``sctrain.input_shape``, ``sctrain.sample_rate``, ``sctrain.features`` (JSON) and ``sctrain.thresholds``
+(JSON ``{keyword: threshold}``: the per-keyword detection thresholds calibrated after training, which
+:class:`sctrain.inference.streaming.StreamingDetector` uses by default; 0.5 each for a checkpoint without
+calibrated ones). After writing, the command runs the file (ONNX Runtime / ``torch.jit.load``) and PyTorch
+on real clips and fails, keeping no file, unless every argmax agrees and the largest logit difference is
+within ``--atol``.
 """
 from __future__ import annotations
 
@@ -37,8 +40,10 @@ from sctrain.audio.constants import CLIP_SAMPLES, SAMPLE_RATE
 from sctrain.audio.features import feature_shape
 from sctrain.audio.io import read_audio
 from sctrain.data.speechcommands import BACKGROUND_DIR
+from sctrain.inference.events import threshold_dict
 from sctrain.inference.loading import LoadedModel
 from sctrain.inference.predict import file_windows
+from sctrain.inference.streaming import model_thresholds
 from sctrain.utils import first_line, is_disk_full, no_space_message, temp_name
 
 log = logging.getLogger(__name__)
@@ -64,7 +69,7 @@ def input_shape(model: LoadedModel, kind: str) -> list:
 
 
 META_KEYS = ("sctrain.format", "sctrain.labels", "sctrain.input", "sctrain.input_shape", "sctrain.sample_rate",
-             "sctrain.features", "sctrain.checkpoint_metrics")
+             "sctrain.features", "sctrain.checkpoint_metrics", "sctrain.thresholds")
 # Loggers that narrate the dynamo exporter's passes (and warn about torchvision ops we do not use).
 EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir")
 
@@ -80,6 +85,7 @@ def metadata(model: LoadedModel, kind: str) -> dict[str, str]:
         "sctrain.sample_rate": str(SAMPLE_RATE),
         "sctrain.features": json.dumps(dataclasses.asdict(model.config.features)),
         "sctrain.checkpoint_metrics": json.dumps(model.metrics, default=str),
+        "sctrain.thresholds": json.dumps(threshold_dict(model.labels, model_thresholds(model))),
     }
 
 
@@ -168,6 +174,8 @@ class ExportedModel:
             raise ExportError(f"{path} is not an sctrain export (format: {meta.get('sctrain.format')!r})")
         self.labels: list[str] = json.loads(meta["sctrain.labels"])
         self.input: str = meta["sctrain.input"]
+        # {keyword: detection threshold}; {} for files exported before thresholds were stored
+        self.thresholds: dict[str, float] = json.loads(meta.get("sctrain.thresholds") or "{}")
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError

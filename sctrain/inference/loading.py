@@ -1,4 +1,5 @@
-"""A ``best_sc.pt`` back as the raw-audio classifier it was trained as, with its CPU inference copy."""
+"""A ``best_sc.pt`` back as the raw-audio classifier it was trained as, with its CPU inference copy and the
+detection thresholds calibrated for it."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ class LoadedModel:
     config: Config
     path: Path
     metrics: dict = field(default_factory=dict)
+    # Per-keyword detection thresholds calibrated after training ({} for a checkpoint without: 0.5 applies).
+    thresholds: dict[str, float] = field(default_factory=dict)
 
     @property
     def net(self) -> nn.Module:
@@ -68,4 +71,14 @@ def load_model(path: str | Path) -> LoadedModel:
                               f"({len(labels)} labels; {reason})") from None
     classifier = AudioClassifier(LogMel(cfg.features), net).eval()
     metrics = ckpt.get("metrics") if isinstance(ckpt.get("metrics"), dict) else {}
-    return LoadedModel(classifier, list(labels), cfg, path, metrics)
+    return LoadedModel(classifier, list(labels), cfg, path, metrics, _thresholds(ckpt, labels, path))
+
+
+def _thresholds(ckpt: dict, labels: list[str], path: Path) -> dict[str, float]:
+    """The checkpoint's ``thresholds``, checked: a bad one would only surface at the first detection."""
+    stored = ckpt.get("thresholds") or {}
+    ok = isinstance(stored, dict) and all(k in labels and isinstance(v, (int, float)) and not isinstance(v, bool)
+                                          and 0 < v <= 1 for k, v in stored.items())
+    if not ok:
+        raise CheckpointError(f"checkpoint {path}: 'thresholds' must map its labels to numbers in (0, 1]")
+    return {k: float(v) for k, v in stored.items()}

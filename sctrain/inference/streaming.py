@@ -20,7 +20,8 @@ the frames they save. It would pay with a costlier front end (longer FFTs, small
 
 The decisions (smoothing, thresholds, peak wait, refractory period) are those of
 :class:`sctrain.inference.events.EventDecoder`, which replays them over cached posteriors; ``threshold``
-may also be one value per keyword.
+may also be one value per keyword. By default the thresholds are the checkpoint's own, calibrated after
+training for a target false-alarm rate (:attr:`LoadedModel.thresholds`), or 0.5 for a checkpoint without.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from torch import Tensor
 from sctrain.audio.constants import CLIP_SAMPLES, INT16_SCALE, SAMPLE_RATE
 from sctrain.audio.features import LogMel, normalise_per_clip
 from sctrain.data.speechcommands import FILLER_LABELS
-from sctrain.inference.events import Detection, EventDecoder, Thresholds
+from sctrain.inference.events import DEFAULT_THRESHOLD, Detection, EventDecoder, Thresholds
 from sctrain.inference.loading import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -88,21 +89,30 @@ class IncrementalLogMel:
         return normalise_per_clip(torch.cat([head, inner, tail], dim=1))[None, None]
 
 
+def model_thresholds(model: LoadedModel) -> Thresholds:
+    """The thresholds a detector uses unless told others: the checkpoint's calibrated ones, else 0.5."""
+    return dict(model.thresholds) if model.thresholds else DEFAULT_THRESHOLD
+
+
 class StreamingDetector:
     """Feed successive mono 16 kHz chunks (float in [-1, 1] or int16) with :meth:`feed`; it returns the
     :class:`Detection` events completed by that chunk. :meth:`flush` ends the stream.
 
-    ``net``: any callable from ``[1, 1, n_mels, frames]`` features to ``[1, labels]`` logits (default
-    ``model.cpu_net``: BatchNorm folded, channels-last); ``incremental``: see the module docstring.
+    ``threshold``: one value, or one per keyword; None = :func:`model_thresholds` (the checkpoint's calibrated
+    ones, else 0.5). ``net``: any callable from ``[1, 1, n_mels, frames]`` features to ``[1, labels]`` logits
+    (default ``model.cpu_net``: BatchNorm folded, channels-last); ``incremental``: see the module docstring.
     """
 
-    def __init__(self, model: LoadedModel, hop_ms: float = 100.0, threshold: Thresholds = 0.5, smooth: int = 5,
-                 refractory_ms: float = 1000.0, peak_wait_ms: float = 1000.0, incremental: bool = False,
-                 ignore: Iterable[str] = FILLER_LABELS, net: Optional[Callable[[Tensor], Tensor]] = None) -> None:
+    def __init__(self, model: LoadedModel, hop_ms: float = 100.0, threshold: Optional[Thresholds] = None,
+                 smooth: int = 5, refractory_ms: float = 1000.0, peak_wait_ms: float = 1000.0,
+                 incremental: bool = False, ignore: Iterable[str] = FILLER_LABELS,
+                 net: Optional[Callable[[Tensor], Tensor]] = None) -> None:
         self.labels = list(model.labels)
         self.hop = int(round(hop_ms * SAMPLE_RATE / 1000))
         if not 0 < self.hop <= CLIP_SAMPLES:
             raise ValueError(f"hop_ms must be in (0, 1000], got {hop_ms}")
+        if threshold is None:
+            threshold = model_thresholds(model)
         # Validates threshold, smooth, refractory_ms and peak_wait_ms.
         self.decoder = EventDecoder(self.labels, threshold, smooth, self.hop, refractory_ms / 1000.0,
                                     peak_wait_ms / 1000.0, ignore)

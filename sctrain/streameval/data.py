@@ -9,6 +9,7 @@ import numpy as np
 from sctrain.audio.io import read_audio
 from sctrain.data.dataset import PackedDataset
 from sctrain.data.speechcommands import FILLER_LABELS, UNKNOWN
+from sctrain.streameval.stream import LAYOUT, Stream, build_stream
 
 # The stretch of every noise recording each split may use: the one scan_dataset cuts that split's
 # _silence_ clips from, so validation and test streams never share noise with each other or with them.
@@ -42,3 +43,16 @@ def noise_recordings(paths: Sequence[str | Path], split: str) -> list[np.ndarray
         rec = read_audio(path)
         out.append(rec[int(lo * len(rec)): int(hi * len(rec))])
     return [r for r in out if len(r)]
+
+
+def split_stream(data: PackedDataset, split: str, minutes: float, seed: int,
+                 noise: Sequence[str | Path] | None = None) -> Stream:
+    """A ``minutes`` stream of ``split``'s clips (:data:`LAYOUT`) over its stretch of ``noise`` (default: the
+    dataset's background recordings); ``ValueError`` when the split has no keyword clips."""
+    keywords, unknown = split_clips(data, split)
+    if not keywords:
+        raise ValueError(f"the {split} split of {data.meta['root']} holds no keyword clips")
+    paths = noise if noise is not None else [Path(data.meta["root"]) / p for p in data.meta["background_files"]]
+    seconds = [minutes * 60 * share for share in LAYOUT[bool(unknown)]]
+    return build_stream(keywords, noise_recordings(paths, split), seconds[0], seconds[1], unknown, seconds[2],
+                        seed=seed)

@@ -23,6 +23,8 @@ CLIP_S = 1.0
 WORD_RAMP = 500  # samples, as the reference
 BACKGROUND_PIECE_S, BACKGROUND_STRIDE_S = 1.5, 1.0
 SECTIONS = ("keywords", "noise", "unknown")  # what a stretch of the stream holds
+# Share of a stream per stretch, when the split has non-keyword words and when it has none.
+LAYOUT = {True: (0.6, 0.2, 0.2), False: (0.8, 0.2, 0.0)}
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from sctrain.training.distributed import (
     sync_buffers,
 )
 from sctrain.training.evaluate import EvalResult, evaluate
+from sctrain.training.kws import stream_stage
 from sctrain.training.stopping import EXIT_PREEMPTED, GracefulStop, worker_init
 from sctrain.utils import atomic_write_text, first_line, json_text
 
@@ -366,7 +367,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ finish
     def finish(self, train_info: dict) -> dict:
-        """Best checkpoint -> test evaluation (all ranks), single-clip prediction and latency (rank 0)."""
+        """Best checkpoint -> test evaluation (all ranks), single-clip prediction, latency and the keyword
+        streams (rank 0: thresholds calibrated into best_sc.pt, a test-stream report; config section kws)."""
         cfg = self.cfg
         best_path = self.out / "best_sc.pt"
         best = load_model(best_path)  # the loader inference uses: what is evaluated is what users get
@@ -389,6 +391,7 @@ class Trainer:
                 results["latency"] = lat
                 results["latency_ms_p50"] = lat["cpu"]["batch1"]["p50_ms"]
                 results["latency_ms_p95"] = lat["cpu"]["batch1"]["p95_ms"]
+            results.update(stream_stage(cfg, self.data, best, best_path, self.out, progress=self.is_main))
             atomic_write_text(self.out / "results.json", json_text(results, indent=2))
             self.tracker.log_results(results, best_path)
         self.tracker.finish()

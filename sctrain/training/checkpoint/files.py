@@ -140,6 +140,14 @@ def save_best(path: str | Path, model: torch.nn.Module, labels: list[str], confi
         raise
 
 
+def store_thresholds(path: str | Path, thresholds: dict[str, float]) -> None:
+    """Add per-keyword detection thresholds (plain ``{label: float}``) to the ``best_sc.pt`` at ``path``,
+    rewritten atomically; inference uses them by default (:attr:`LoadedModel.thresholds`)."""
+    ckpt = load_best(path)
+    ckpt["thresholds"] = {str(k): float(v) for k, v in thresholds.items()}
+    atomic_save(ckpt, path)
+
+
 def load_best(path: str | Path) -> dict:
     ckpt = safe_load(path, BEST_FORMAT)
     for key in ("model", "labels", "config"):
