@@ -54,4 +54,5 @@ class KWSNet(nn.Module):
 
 @register_model("kwsnet", cpu_copy=FoldedChannelsLastNet, test_size={"width": 4})
 def build_kwsnet(cfg, num_classes: int, n_features: int, frames: int) -> KWSNet:  # noqa: ARG001 - pools globally
+    """The seed's CNN: four 3x3 conv blocks (width, 2w, 4w, 8w), global average pool, linear head."""
     return KWSNet(num_classes, width=cfg.width, dropout=cfg.dropout)
