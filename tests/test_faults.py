@@ -268,8 +268,8 @@ def test_a_class_without_training_clips_is_refused_and_one_without_test_clips_po
 
 def test_skipping_a_bad_clip_is_reported_once(data_copy, tmp_path):
     bad = sorted((data_copy / "_background_noise_").glob("*.wav"))[0]
-    bad.write_bytes(b"not audio")  # kws12 reads the noise recordings twice: to plan _silence_ cuts, and to pack
-    result = run(train_cmd(data_copy, tmp_path / "run", "data.task=kws12", "data.skip_bad_clips=true", *SHORT))
+    bad.write_bytes(b"not audio")  # a keyword task reads the noise recordings twice: to plan _silence_ cuts, to pack
+    result = run(train_cmd(data_copy, tmp_path / "run", "data.task=keywords", "data.skip_bad_clips=true", *SHORT))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr.count(bad.name) == 1, result.stderr[-3000:]
     assert "skipped 1 bad clips" in result.stderr

@@ -67,8 +67,10 @@ def test_state_folder_keeps_the_last_states(tiny_run):
 
 
 def test_training_learns_the_generated_words(synthetic_root, tmp_path):
+    # 24 epochs: at 8, validation accuracy over seeds 0-4 was 0.33-0.58 (12 clips), so the check passed by
+    # one seed's luck; at 24 it is 0.75-0.92 for seeds 0-3.
     cfg = load_config(REPO / "configs/debug.yaml",
-                      [f"data.root={synthetic_root}", f"output_dir={tmp_path}", "train.epochs=8", "train.lr=0.01",
+                      [f"data.root={synthetic_root}", f"output_dir={tmp_path}", "train.epochs=24", "train.lr=0.01",
                        "latency.enabled=false", *TINY])
     results = train(cfg)
     assert results["val_acc"] >= 0.5, results  # 6 classes: chance is 0.17
