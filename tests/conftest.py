@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from one_thread import train_on_one_thread
 
 from sctrain.data.synthetic import write_synthetic_dataset
 
@@ -54,19 +55,12 @@ def trained_checkpoint(mini_root, tmp_path_factory) -> Path:
 
     Trained on one thread: on a shared, oversubscribed CI machine OpenMP's parallel regions stall on
     descheduled threads and take several times longer than a single thread."""
-    import torch
 
     from sctrain.config import load_config
-    from sctrain.training.trainer import train
 
     out = tmp_path_factory.mktemp("infer_model")
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs/debug.yaml",
                       [f"data.root={mini_root}", f"data.cache_dir={out / 'cache'}", f"output_dir={out / 'run'}",
                        *INFER_MODEL_OVERRIDES])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train(cfg)
-    finally:
-        torch.set_num_threads(threads)
+    train_on_one_thread(cfg)
     return out / "run" / "best_sc.pt"

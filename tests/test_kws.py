@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
+from one_thread import train_on_one_thread
 
 from sctrain.audio.constants import INT16_SCALE, SAMPLE_RATE
 from sctrain.audio.io import read_clip, to_int16
@@ -290,7 +290,6 @@ def test_official_test_set_with_a_wrong_checksum_is_kept_as_bad(words12, tmp_pat
 @pytest.fixture(scope="module")
 def calibrated_run(synthetic_root, tmp_path_factory) -> Path:
     """A tiny training run with kws.calibrate=true and half-minute streams (~15 s on 2 cores)."""
-    from sctrain.training.trainer import train
 
     out = tmp_path_factory.mktemp("calibrated")
     cfg = load_config(REPO / "configs/debug.yaml", [
@@ -299,12 +298,7 @@ def calibrated_run(synthetic_root, tmp_path_factory) -> Path:
         "train.epochs=2", "train.batch_size=32", "train.checkpoint_every=0", "latency.enabled=false",
         "tracking.report=false", "tracking.log_examples=0", "tracking.mode=disabled",
         "kws.calibrate=true", "kws.validation_minutes=0.5", "kws.test_minutes=0.5"])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train(cfg)
-    finally:
-        torch.set_num_threads(threads)
+    train_on_one_thread(cfg)
     return out / "run"
 
 

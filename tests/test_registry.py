@@ -21,6 +21,7 @@ import pytest
 import soundfile as sf
 import torch
 import torch.nn.functional as F
+from one_thread import train_on_one_thread
 
 from sctrain.audio.augment import mixup
 from sctrain.audio.constants import SAMPLE_RATE
@@ -203,14 +204,7 @@ E2E = ["train.epochs=1", "train.batch_size=16", "train.eval_batch_size=64", "dat
 
 
 def run_family(name: str, root: Path, out: Path, *overrides: str) -> dict:
-    from sctrain.training.trainer import train
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return train(family_config(name, f"data.root={root}", f"output_dir={out}", *E2E, *overrides))
-    finally:
-        torch.set_num_threads(threads)
+    return train_on_one_thread(family_config(name, f"data.root={root}", f"output_dir={out}", *E2E, *overrides))
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import os
 import re
 from pathlib import Path
 
-from sctrain.data.speechcommands import LIST_FILES, DatasetError, is_writable, word_folders
+from sctrain.data.speechcommands import LIST_FILES, DatasetError, is_writable, word_clips
 from sctrain.utils import atomic_write
 
 log = logging.getLogger(__name__)
@@ -51,19 +51,12 @@ def reference_lists(root: str | os.PathLike, validation_percentage: float = 10,
                     testing_percentage: float = 10) -> dict[str, str]:
     """The text of ``validation_list.txt`` / ``testing_list.txt`` (by split: sorted ``word/file.wav`` lines)
     that :func:`which_set` gives the word folders under ``root``."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"dataset folder not found: {root}")
-    words = word_folders(root)
-    if not words:
-        raise DatasetError(f"no word folders in {root}: expected <word>/<speaker>_nohash_<n>.wav")
     listed: dict[str, list[str]] = {"validation": [], "test": []}
-    for word in words:
-        for entry in os.scandir(root / word):
-            if entry.is_file() and entry.name.lower().endswith(".wav"):
-                split = which_set(entry.name, validation_percentage, testing_percentage)
-                if split != "training":
-                    listed["validation" if split == "validation" else "test"].append(f"{word}/{entry.name}")
+    for clips in word_clips(Path(root)).values():
+        for rel in clips:
+            split = which_set(rel.split("/", 1)[1], validation_percentage, testing_percentage)
+            if split != "training":
+                listed["validation" if split == "validation" else "test"].append(rel)
     return {split: "".join(f"{rel}\n" for rel in sorted(paths)) for split, paths in listed.items()}
 
 

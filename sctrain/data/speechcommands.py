@@ -100,6 +100,18 @@ class DatasetIndex:
 
 # ------------------------------------------------------------------------------------ fetch + extract
 
+def word_clips(root: Path) -> dict[str, list[str]]:
+    """Every word folder's clips as sorted ``word/file.wav`` paths, by word (sorted); a one-line
+    :class:`DatasetError` for a missing root or one without word folders."""
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder not found: {root}")
+    words = word_folders(root)
+    if not words:
+        raise DatasetError(f"no word folders in {root}: expected <word>/<speaker>_nohash_<n>.wav")
+    return {w: sorted(f"{w}/{e.name}" for e in os.scandir(root / w) if e.is_file() and e.name.lower().endswith(".wav"))
+            for w in words}
+
+
 def word_folders(root: Path) -> list[str]:
     """The word folder names under ``root``, sorted (not ``_background_noise_``, hidden or dataset folders)."""
     return sorted(p.name for p in Path(root).iterdir()
@@ -438,15 +450,10 @@ def scan_dataset(root: Path, task: str = "all", unknown_ratio: float = 1.0, sile
     are left out: the same speakers). A label without training clips is a :class:`DatasetError`.
     """
     root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"dataset folder not found: {root}")
-    words = word_folders(root)
-    if not words:
-        raise DatasetError(f"no word folders in {root}: expected <word>/<speaker>_nohash_<n>.wav")
+    files = word_clips(root)
+    words = list(files)
     silence = task != "all" if silence is None else silence
     plan = plan_labels(root, task, words, list(keywords), silence)
-    files = {w: sorted(f"{w}/{e.name}" for e in os.scandir(root / w)
-                       if e.is_file() and e.name.lower().endswith(".wav")) for w in words}
     split_of = _read_split_lists(Path(lists_dir or root), root, {p for paths in files.values() for p in paths})
     background = sorted(p for p in (root / BACKGROUND_DIR).glob("*.wav")) if (root / BACKGROUND_DIR).is_dir() else []
     splits = _splits(root, plan, files, split_of, background, unknown_ratio, silence_ratio, seed)
