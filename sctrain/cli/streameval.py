@@ -3,7 +3,8 @@
 The checkpoint's own data config locates (and packs, if needed) the dataset. A stream of ``--minutes``
 is built from the ``--split`` clips (keywords every ~3 s over background noise, then noise alone, then
 non-keyword words when the task has them), its windows are scored once, and the detector's decisions are
-replayed: with its default threshold, along a DET curve, and with per-keyword thresholds calibrated for
+replayed: with the thresholds StreamingDetector uses by default (the checkpoint's calibrated ones, else 0.5),
+along a DET curve, and with per-keyword thresholds calibrated for
 ``--target-fa-per-hour`` on a stream built the same way from the validation split. Writes
 ``streameval.json``, ``streameval_det.png`` and ``streameval.md`` into ``--out``. Exit status 2, with one
 line on stderr, for input that cannot be used.
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     from sctrain.data.speechcommands import DatasetError
     from sctrain.inference.events import EventDecoder
     from sctrain.inference.loading import load_model
+    from sctrain.inference.streaming import model_thresholds
     from sctrain.streameval.evaluate import evaluate
     from sctrain.streameval.posteriors import stream_posteriors
     from sctrain.streameval.report import write_report
@@ -114,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         _check_paths(args)
         model = load_model(args.checkpoint)
         streams, sources = _streams(args, model, progress)
-        decoder = EventDecoder(model.labels)  # StreamingDetector's defaults: 100 ms hop, 5-window smoothing
+        # What StreamingDetector does by default: 100 ms hop, 5-window smoothing, the checkpoint's calibrated
+        # thresholds (0.5 for a checkpoint without them).
+        decoder = EventDecoder(model.labels, model_thresholds(model))
         runs = {split: [(stream_posteriors(model.cpu_classifier, s.wave, decoder.hop, progress=progress,
                                            desc=f"scoring {split} windows"), s)] for split, s in streams.items()}
         evaluation = evaluate(decoder, runs[args.split], runs["validation"], args.target_fa_per_hour)
