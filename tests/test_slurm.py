@@ -63,7 +63,10 @@ def test_usr1_saves_requeues_and_the_next_start_resumes(slurm, synthetic_root, t
     submit = subprocess.run(
         ["sbatch", "--parsable", "--gres=none", "--cpus-per-task=2", "--time=15", "--job-name=sctrain-test",
          f"--output={tmp_path}/%x-%j.out", "slurm/train.sbatch",
-         "--config", "configs/debug.yaml", f"data.root={synthetic_root}", f"output_dir={out}", "train.epochs=2",
+         # 4 epochs (24 steps): the signal, sent once the first state exists, lands mid-training even when
+         # the machine is busy and Slurm takes a few seconds to deliver it (with 2 epochs it once landed after
+         # the last step, in the final evaluation).
+         "--config", "configs/debug.yaml", f"data.root={synthetic_root}", f"output_dir={out}", "train.epochs=4",
          "train.batch_size=8", "model.kwsnet.width=8", "data.num_workers=0", "latency.enabled=false",
          "tracking.report=false",
          "train.checkpoint_every=2", "train.log_every=2"],
@@ -101,5 +104,5 @@ def test_usr1_saves_requeues_and_the_next_start_resumes(slurm, synthetic_root, t
     best = load_best(out / "best_sc.pt")
     assert len(best["labels"]) == 6
     results = json.loads((out / "results.json").read_text())
-    assert results["world_size"] == 2 and results["steps"] == 12 and 0 <= results["test_acc"] <= 1
-    assert load_state(list_states(out)[0])["progress"]["global_step"] == 12
+    assert results["world_size"] == 2 and results["steps"] == 24 and 0 <= results["test_acc"] <= 1
+    assert load_state(list_states(out)[0])["progress"]["global_step"] == 24

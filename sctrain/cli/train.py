@@ -6,9 +6,11 @@ import logging
 import os
 import shlex
 import sys
+import time
 from typing import Optional
 
 EXIT_ERROR = 2
+SILENT_RANK_GRACE_S = 5.0
 
 EPILOG = """\
 overrides:
@@ -78,7 +80,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     from sctrain.config import ConfigError, describe, load_config
-    from sctrain.training.distributed import env_rank
+    from sctrain.training.distributed import env_rank, env_world_size
 
     rank = env_rank()
     setup_logging(rank)
@@ -122,6 +124,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             # Config errors and divergence are identical on every rank: rank 0 speaks for all.
             if rank == 0 or not isinstance(e, (ConfigError, TrainingDiverged)):
                 print(f"sctrain: error: {e}", file=sys.stderr)
+            elif env_world_size() > 1:
+                # The silent ranks wait a moment: exiting at once can make the launcher stop rank 0 before it
+                # has printed, and the user would see no message at all.
+                time.sleep(SILENT_RANK_GRACE_S)
             return EXIT_ERROR
         if is_disk_full(e):  # a write other than a checkpoint's (metrics.jsonl, config.yaml, the packed cache)
             where = getattr(e, "filename", None) or (cfg.output_dir if cfg else os.getcwd())
