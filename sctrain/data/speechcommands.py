@@ -108,8 +108,17 @@ def word_clips(root: Path) -> dict[str, list[str]]:
     words = word_folders(root)
     if not words:
         raise DatasetError(f"no word folders in {root}: expected <word>/<speaker>_nohash_<n>.wav")
-    return {w: sorted(f"{w}/{e.name}" for e in os.scandir(root / w) if e.is_file() and e.name.lower().endswith(".wav"))
+    return {w: sorted(f"{w}/{e.name}" for e in os.scandir(root / w) if e.is_file() and is_clip_name(e.name))
             for w in words}
+
+
+# Clip files a word folder may hold: the dataset's WAVs, and FLAC for users' own recordings (read by the same
+# reader, sctrain.audio.io, so every format packs to the samples soundfile's float read gives).
+CLIP_SUFFIXES = (".wav", ".flac")
+
+
+def is_clip_name(name: str) -> bool:
+    return name.lower().endswith(CLIP_SUFFIXES)
 
 
 def word_folders(root: Path) -> list[str]:
@@ -134,7 +143,7 @@ def has_words(folder: Path) -> bool:
 
 def _holds_wav(folder: Path) -> bool:
     with os.scandir(folder) as entries:  # stops at the first: a word folder may hold thousands
-        return any(e.is_file() and e.name.lower().endswith(".wav") for e in entries)
+        return any(e.is_file() and is_clip_name(e.name) for e in entries)
 
 
 def is_test_set(folder: Path) -> bool:
@@ -330,7 +339,7 @@ def _require_split_lists(root: Path) -> None:
         return
     missing = [name for name in LIST_FILES.values() if not (root / name).is_file()]
     words = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))
-             and any(e.name.lower().endswith(".wav") for e in os.scandir(p))]
+             and any(is_clip_name(e.name) for e in os.scandir(p))]
     if words and missing:
         raise DatasetError(f"{root} holds word folders but no {' and no '.join(missing)} (the lists naming "
                            "the validation and test clips; every clip not listed trains); add "
@@ -455,7 +464,8 @@ def scan_dataset(root: Path, task: str = "all", unknown_ratio: float = 1.0, sile
     silence = task != "all" if silence is None else silence
     plan = plan_labels(root, task, words, list(keywords), silence)
     split_of = _read_split_lists(Path(lists_dir or root), root, {p for paths in files.values() for p in paths})
-    background = sorted(p for p in (root / BACKGROUND_DIR).glob("*.wav")) if (root / BACKGROUND_DIR).is_dir() else []
+    background = (sorted(p for p in (root / BACKGROUND_DIR).iterdir() if is_clip_name(p.name))
+                  if (root / BACKGROUND_DIR).is_dir() else [])
     splits = _splits(root, plan, files, split_of, background, unknown_ratio, silence_ratio, seed)
     if test_root is not None:
         splits["test"] = official_test_clips(Path(test_root), plan, root)
