@@ -29,15 +29,6 @@ def fold_batchnorm(net: nn.Module) -> nn.Module:
     return net
 
 
-def folded_pairs(net: nn.Module) -> int:
-    """How many conv -> BatchNorm pairs :func:`fold_batchnorm` would fold (0: the copy is the plain model)."""
-    count = 0
-    for block in [m for m in net.modules() if isinstance(m, nn.Sequential)]:
-        layers = list(block)
-        count += sum(any(type(a) is conv and type(b) is bn for conv, bn in _PAIRS) for a, b in zip(layers, layers[1:]))
-    return count
-
-
 class FoldedChannelsLastNet(nn.Module):
     """BatchNorm folded (:func:`fold_batchnorm`) and channels-last activations, for 2-D CNNs on the CPU:
 
