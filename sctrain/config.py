@@ -41,6 +41,8 @@ def _require_fraction(value: float, key: str) -> None:
     _require(0.0 <= value < 1.0, key, f"must be in [0, 1), got {value}")
 TASKS = ("all", "kws12", "keywords")  # label sets (sctrain.data.speechcommands.plan_labels)
 TEST_SETS = ("lists", "official")
+PLACEMENTS = ("auto", "loader", "device")  # where training batches are gathered (sctrain.training.placement)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # Keys renamed since; a config file that still uses one gets the new name in its error.
 RENAMED = {"data.kws12_unknown_ratio": "data.unknown_ratio", "data.kws12_silence_ratio": "data.silence_ratio"}
 
@@ -70,6 +72,12 @@ class DataConfig:
     pack_workers: int = doc(0, "processes that decode WAVs when packing (0 = one per CPU core)")
     num_workers: int = doc(2, "DataLoader worker processes per rank (packed arrays make 0-2 enough on most machines)")
     pin_memory: bool = doc(True, "pin host batches for faster copies to a GPU (ignored on the CPU)")
+    placement: str = doc("auto", "where batches are gathered: 'loader' (DataLoader workers read the memory-mapped "
+                                 "cache), 'device' (the packed splits are copied to the training device once and "
+                                 "each step gathers its batch there) or 'auto' (device on a GPU when they fit in "
+                                 "data.device_memory_share of its free memory, else loader)")
+    device_memory_share: float = doc(0.5, "placement=auto: the largest share of the GPU's free memory the packed "
+                                          "splits may take to be placed there")
 
     def __post_init__(self) -> None:
         _require(self.version in ("v0.01", "v0.02"), "data.version", f"must be v0.01 or v0.02, got {self.version!r}")
@@ -85,6 +93,9 @@ class DataConfig:
                  "and _silence_")
         _require(self.pack_workers >= 0, "data.pack_workers", "must be >= 0")
         _require(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        _require(self.placement in PLACEMENTS, "data.placement", f"must be auto, loader or device, got "
+                                                                 f"{self.placement!r}")
+        _require(0 < self.device_memory_share <= 1, "data.device_memory_share", "must be in (0, 1]")
 
     def _check_keywords(self) -> None:
         words = self.keywords
@@ -265,6 +276,12 @@ class TrainConfig:
     seed: int = doc(0, "seed of the sampler, augmentation and initialisation")
     precision: str = doc("auto", "auto (bf16 on GPUs that support it, fp32 on CPU), no, bf16 or fp16")
     compile: bool = doc(False, "torch.compile the model (pays off on GPUs, costs ~40 s of compile time)")
+    compile_mode: str = doc("default", "torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune or "
+                                       "max-autotune-no-cudagraphs; shapes are static (full batches only)")
+    channels_last: bool = doc(False, "train 2-D convolution networks in channels-last memory format (can speed up "
+                                     "GPU convolutions; measure with python -m sctrain.bench gpu)")
+    stop_at_val_acc: float = doc(0.0, "stop training after the first epoch whose validation accuracy reaches this "
+                                      "(0 = never; time-to-accuracy runs)")
     sync_bn: bool = doc(False, "convert BatchNorm to SyncBatchNorm when training on several processes")
     log_every: int = doc(20, "steps between training-metric log lines")
     checkpoint_every: int = doc(200, "steps between full training-state saves (0 = only at epoch ends)")
@@ -296,6 +313,11 @@ class TrainConfig:
         _require(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
         _require(self.keep_last >= 1, "train.keep_last", "must be >= 1")
         _require(self.max_steps >= 0, "train.max_steps", "must be >= 0")
+        _require(self.compile_mode in COMPILE_MODES, "train.compile_mode",
+                 f"must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
+        _require(self.compile or self.compile_mode == "default", "train.compile_mode",
+                 f"{self.compile_mode} takes effect only with train.compile=true")
+        _require(0 <= self.stop_at_val_acc <= 1, "train.stop_at_val_acc", "must be in [0, 1] (0 = never)")
 
 
 @dataclass

@@ -38,6 +38,11 @@ def test_precedence_defaults_yaml_overrides(tmp_path):
     ("augment.mixup_p=1.5", "config key 'augment.mixup_p'"),
     ("train.precision=fp8", "config key 'train.precision'"),
     ("train=3", "is a section"),
+    ("data.placement=gpu", "config key 'data.placement': must be auto, loader or device, got 'gpu'"),
+    ("data.device_memory_share=0", "config key 'data.device_memory_share': must be in (0, 1]"),
+    ("train.compile_mode=fast", "config key 'train.compile_mode': must be one of default, reduce-overhead"),
+    ("train.compile_mode=reduce-overhead", "reduce-overhead takes effect only with train.compile=true"),
+    ("train.stop_at_val_acc=1.5", "config key 'train.stop_at_val_acc': must be in [0, 1]"),
     ("nonsense", "not of the form dotted.key=value"),
 ])
 def test_bad_overrides_give_one_line_errors(override, expected):

@@ -344,6 +344,21 @@ def test_mixup_soft_targets_and_rows():
     assert sorted(partners) == list(range(batch))  # partners form a permutation
 
 
+def test_mixup_probability_leaves_unmixed_batches_exactly_as_they_were():
+    """``p``: the coin is a device tensor (no host read, one graph); a batch it skips is bitwise unchanged
+    with one-hot targets, and over many batches about ``p`` of them are mixed."""
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 10), torch.arange(8) % 3
+    mixed_batches = 0
+    for _ in range(200):
+        out, soft = mixup(x, y, 3, alpha=0.4, p=0.25)
+        if torch.equal(out, x):
+            assert torch.equal(soft, one_hot_targets(y, 3))
+        else:
+            mixed_batches += 1
+    assert 30 <= mixed_batches <= 70
+
+
 def test_mixup_rejects_int_and_accepts_soft_targets():
     with pytest.raises(TypeError):
         mixup(torch.zeros(4, 10, dtype=torch.int16), torch.zeros(4, dtype=torch.long), 3, 0.2)

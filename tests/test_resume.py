@@ -207,6 +207,24 @@ def test_one_process_sigterm_kill9_and_kill_during_save_resume_exactly(synthetic
     assert_same_weights(out, reference_1proc)
 
 
+def test_device_placement_trains_like_the_loader_and_resumes_exactly(synthetic_root, reference_1proc, tmp_path):
+    """``data.placement=device`` (batches gathered from splits copied to the device once), stopped by SIGTERM
+    mid-epoch and resumed, ends bitwise where the loader-placement reference ended: same batches, same order,
+    same augmentation draws."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "sctrain", *sctrain_args(synthetic_root, out, 1), "data.placement=device"]
+    log = tmp_path / "1-sigterm.log"
+    proc = start(cmd, log)
+    wait_for(state_at_least(out, 2), proc, log, "the first state")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(TIMEOUT) == EXIT_PREEMPTED, log.read_text()[-3000:]
+    assert "batches: device placement (data.placement=device" in log.read_text()
+    stopped = newest_step(out)
+    text = finish(cmd, tmp_path / "2-final.log")
+    assert resumed_step(text) == stopped
+    assert_same_weights(out, reference_1proc)
+
+
 def test_corrupt_newest_state_falls_back_to_the_previous_one(synthetic_root, reference_1proc, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(reference_1proc, out)
@@ -228,7 +246,9 @@ def free_port() -> int:
 def test_two_processes_stop_together_on_one_signal_and_resume_exactly_after_kill9(
         synthetic_root, reference_2proc, tmp_path):
     out = tmp_path / "run"
-    args = sctrain_args(synthetic_root, out, 2)
+    # The reference gathered its batches with the loader; this run gathers them from the splits copied to
+    # the (CPU) device: each rank must see the same shard in the same order, across the restarts too.
+    args = [*sctrain_args(synthetic_root, out, 2), "data.placement=device"]
 
     # 1. Two ranks started directly (as `srun -n 2` would), so each rank's exit code is visible. Only rank 1
     #    gets SIGUSR1: both finish the same step, rank 0 saves once, both exit 75.

@@ -234,18 +234,22 @@ def one_hot_targets(y: Tensor, num_classes: int) -> Tensor:
     return nn.functional.one_hot(y.long(), num_classes).float()
 
 
-def mixup(x: Tensor, y: Tensor, num_classes: int, alpha: float) -> tuple[Tensor, Tensor]:
+def mixup(x: Tensor, y: Tensor, num_classes: int, alpha: float, p: float = 1.0) -> tuple[Tensor, Tensor]:
     """MixUp: ``lam * x + (1 - lam) * x[perm]`` with soft targets mixed alike; ``lam ~ Beta(alpha, alpha)``.
 
     One ``lam`` per batch (the usual MixUp), partners from a random permutation. ``x`` must be float
-    (waves in [-1, 1] or features): mixing int16 samples would silently change their scale. ``lam``
-    stays a device tensor, so this adds no host-device sync.
+    (waves in [-1, 1] or features): mixing int16 samples would silently change their scale. With
+    probability ``1 - p`` the batch is left as it is (``lam = 1``: exactly ``x`` and one-hot targets).
+    The coin and ``lam`` stay device tensors, so this adds no host-device sync and no Python branch:
+    a compiled or graph-captured step is the same graph for mixed and unmixed batches.
     """
     if not x.is_floating_point():
         raise TypeError(f"mixup needs float inputs, got {x.dtype}; convert int16 audio to float first")
     concentration = torch.tensor(float(alpha), device=x.device)
     # validate_args=False: the argument check reads a device tensor back to Python, a sync on a GPU.
     lam = torch.distributions.Beta(concentration, concentration, validate_args=False).sample()
+    if p < 1.0:
+        lam = torch.where(torch.rand((), device=x.device) < p, lam, torch.ones_like(lam))
     perm = torch.randperm(x.shape[0], device=x.device)
     targets = one_hot_targets(y, num_classes)
     mixed_x = lam.to(x.dtype) * x + (1 - lam.to(x.dtype)) * x[perm]

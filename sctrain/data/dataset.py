@@ -130,17 +130,18 @@ def collate_batch(batch):
 
 def clip_loader(split: PackedSplit, batch_size: int, sampler, workers: int, drop_last: bool = False,
                 pin_memory: bool = False, generator: Optional[torch.Generator] = None,
-                worker_init_fn=None) -> torch.utils.data.DataLoader:
+                worker_init_fn=None, persistent_workers: bool = False) -> torch.utils.data.DataLoader:
     """DataLoader of ``(int16 [B, CLIP_SAMPLES], int64 [B])`` batches of ``split`` in ``sampler``'s order.
 
     With workers, batches come through a :class:`BatchRing` (no new shared memory per batch): a batch is
     valid until two more have been drawn, which a training loop that consumes each batch satisfies.
+    ``persistent_workers``: keep the workers (and their open memory maps) from one epoch to the next.
     """
     ring = BatchRing(batch_size, (CLIP_SAMPLES,), torch.int16, workers, RING_PREFETCH) if workers > 0 else None
     return torch.utils.data.DataLoader(
         ClipDataset(split, ring), batch_size=batch_size, sampler=sampler, num_workers=workers,
         collate_fn=collate_batch, drop_last=drop_last, pin_memory=pin_memory, generator=generator,
-        persistent_workers=False, prefetch_factor=RING_PREFETCH if workers > 0 else None,
+        persistent_workers=persistent_workers and workers > 0, prefetch_factor=RING_PREFETCH if workers > 0 else None,
         worker_init_fn=worker_init_fn)
 
 

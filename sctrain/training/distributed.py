@@ -124,6 +124,27 @@ def any_rank_failed(accelerator: Accelerator, failed: bool) -> bool:
     return bool(flag.item())
 
 
+class LaggedVote:
+    """An any-rank vote read one call late: each call starts this call's all-reduce on the host and returns
+    the previous call's result, so no rank waits for a round trip (gloo between nodes costs a millisecond,
+    a large share of a GPU step). Every rank calls it the same number of times, so all agree on the step."""
+
+    def __init__(self) -> None:
+        self._flag: Optional[torch.Tensor] = None
+        self._work = None
+
+    def __call__(self, accelerator: Accelerator, flag: bool) -> bool:
+        if accelerator.num_processes == 1:
+            return flag
+        result = False
+        if self._work is not None:
+            self._work.wait()
+            result = bool(self._flag.item())  # a host tensor: no device involved
+        self._flag = torch.tensor([1 if flag else 0], dtype=torch.int32)
+        self._work = dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, group=_control_group, async_op=True)
+        return result
+
+
 def once_per_node(accelerator: Accelerator, fn: Callable[[], T]) -> T:
     """Run ``fn`` on the node's main process first (download, packing), then on the others (cache hits).
 

@@ -4,8 +4,9 @@ on Ctrl-C (SIGINT) the same with :data:`EXIT_INTERRUPTED`, and a second Ctrl-C s
 Slurm sends USR1 (``--signal=B:USR1@N``, forwarded by ``slurm/train.sbatch``) before the time limit and
 TERM on preemption or ``scancel``. Ranks can receive the signal at different steps, so the loop asks
 :meth:`GracefulStop.should_stop` after every step; one tiny all-reduce makes every rank agree, so all of
-them stop after the same step. The all-reduce runs on the host (:func:`sctrain.training.distributed.any_rank_failed`),
-so the check never makes the host wait for the GPU.
+them stop after the same step. The all-reduce runs on the host and its answer is read one step later
+(:class:`sctrain.training.distributed.LaggedVote`), so the check waits neither for the GPU nor for the
+network: with several processes the stop comes one step after the signal.
 
 A signal sent to the whole process group (``kill -- -PGID``, Ctrl-C in a terminal) also reaches the
 DataLoader workers; they ignore it (:func:`worker_init`), so the main process decides, and saves.
@@ -60,8 +61,10 @@ class GracefulStop:
     SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 
     def __init__(self) -> None:
+        from sctrain.training.distributed import LaggedVote
         self.received: Optional[str] = None
         self._previous: dict = {}
+        self._vote = LaggedVote()
 
     def install(self) -> "GracefulStop":
         for name in self.SIGNALS:
@@ -90,6 +93,6 @@ class GracefulStop:
         return EXIT_INTERRUPTED if self.received == "SIGINT" else EXIT_PREEMPTED
 
     def should_stop(self, accelerator) -> bool:
-        """True on every rank once any rank has received a stop signal (a collective: every rank asks)."""
-        from sctrain.training.distributed import any_rank_failed
-        return any_rank_failed(accelerator, self.received is not None)
+        """True on every rank, at the same step, once any rank has received a stop signal (a collective:
+        every rank asks after every step; with several processes the answer is one step late)."""
+        return self._vote(accelerator, self.received is not None)

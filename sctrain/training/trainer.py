@@ -21,7 +21,7 @@ from sctrain.audio.augment import mixup
 from sctrain.audio.constants import INT16_SCALE
 from sctrain.audio.frontend import FrontEnd
 from sctrain.config import Config, dump_config
-from sctrain.data.dataset import PackedDataset, clip_loader, eval_loader
+from sctrain.data.dataset import PackedDataset
 from sctrain.data.pack import load_dataset
 from sctrain.data.sampler import BalancedDistributedSampler
 from sctrain.inference.latency import latency_report
@@ -44,8 +44,9 @@ from sctrain.training.distributed import (
 )
 from sctrain.training.evaluate import EvalResult, evaluate
 from sctrain.training.kws import stream_stage
-from sctrain.training.stopping import EXIT_PREEMPTED, GracefulStop, worker_init
-from sctrain.utils import atomic_write_text, first_line, json_text
+from sctrain.training.placement import Placement, choose_placement
+from sctrain.training.stopping import EXIT_PREEMPTED, GracefulStop
+from sctrain.utils import atomic_write_text, json_text
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,13 @@ def make_optimizer(cfg: Config, parameters) -> torch.optim.Optimizer:
     return torch.optim.AdamW(parameters, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 
 
+def compile_for_training(model: torch.nn.Module, cfg: Config) -> torch.nn.Module:
+    """``torch.compile`` with static shapes: every training batch has the same size (full batches only),
+    so one graph serves the run and ``reduce-overhead`` can replay it as a CUDA graph."""
+    mode = None if cfg.train.compile_mode == "default" else cfg.train.compile_mode
+    return torch.compile(model, mode=mode, dynamic=False)
+
+
 def class_weights(data: PackedDataset, device: torch.device) -> torch.Tensor:
     """Inverse-frequency weights (mean 1 over present classes) for the class-weighted loss."""
     counts = data.split("train").class_counts(len(data.labels)).astype(np.float64)
@@ -118,6 +126,8 @@ class Trainer:
         # Same initial weights on every rank (DDP also broadcasts them), then per-rank augmentation streams.
         torch.manual_seed(cfg.train.seed)
         self.model = create_model(cfg.model, cfg.features, len(self.labels))
+        if cfg.train.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)  # 4-D weights; the rest is unchanged
         if cfg.train.sync_bn and self.world > 1:
             self.model = convert_sync_batchnorm(self.model, self.device)  # CPU (gloo) too, unlike torch's
         background = torch.from_numpy(np.asarray(self.data.background))
@@ -127,7 +137,7 @@ class Trainer:
         # num_processes times, assuming a loader it sharded itself.
         self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
         self.raw_model = acc.unwrap_model(self.model)
-        self.step_model = torch.compile(self.model) if cfg.train.compile else self.model
+        self.step_model = compile_for_training(self.model, cfg) if cfg.train.compile else self.model
         torch.manual_seed(cfg.train.seed * 1000 + 1 + self.rank)
 
         self.sampler = BalancedDistributedSampler(train_split.labels, len(self.labels), self.world, self.rank,
@@ -136,6 +146,13 @@ class Trainer:
         self.steps_per_epoch = (self.sampler.shard_size // cfg.train.batch_size if self.drop_last else 1)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, self.steps_per_epoch))
         self.loss_weights = class_weights(self.data, self.device) if cfg.train.balance == "loss" else None
+        self.stop = GracefulStop()  # installed at the end of __init__, once the run can save
+        kind, why = choose_placement(cfg.data, self.device, self.data)
+        if self.is_main:
+            log.info("batches: %s placement (%s)", kind, why)
+        self.placement = Placement(kind, self.data, self.device)
+        self.batches = self.placement.train_batches(cfg.train.batch_size, self.sampler, self.drop_last,
+                                                    cfg.data.num_workers, cfg.data.pin_memory, self.stop, self.world)
 
         self.checkpointer = Checkpointer(self.out, cfg.train.checkpoint_every, cfg.train.keep_last,
                                          self.is_main, self.world, self.rank,
@@ -155,7 +172,7 @@ class Trainer:
                      self.progress.global_step, self.progress.best_val_acc)
             if own_state:
                 self.tracker.rewind(self.progress.global_step)
-        self.stop = GracefulStop().install()
+        self.stop.install()
 
     # ------------------------------------------------------------------------------------ state
     def _claim_output_dir(self) -> None:
@@ -219,22 +236,15 @@ class Trainer:
                                       "config": self.cfg.to_dict()})
 
     # ------------------------------------------------------------------------------------ train
-    def train_loader(self) -> torch.utils.data.DataLoader:
-        # A private generator keeps the loader from drawing on the global RNG (which augmentation uses and
-        # checkpoints restore): resumed and uninterrupted runs then see identical random streams.
-        return clip_loader(self.data.split("train"), self.cfg.train.batch_size, self.sampler,
-                           self.cfg.data.num_workers, drop_last=self.drop_last,
-                           pin_memory=self.cfg.data.pin_memory and self.device.type == "cuda",
-                           generator=torch.Generator(), worker_init_fn=worker_init)
-
     def train_step(self, audio: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
         audio = audio.to(self.device, non_blocking=True)
         target = target.to(self.device, non_blocking=True)
         with self.accelerator.autocast():
             features = self.frontend(audio)
-            if cfg.augment.mixup_p > 0 and torch.rand(()) < cfg.augment.mixup_p:
-                features, target = mixup(features, target, len(self.labels), cfg.augment.mixup_alpha)
+            if cfg.augment.mixup_p > 0:
+                features, target = mixup(features, target, len(self.labels), cfg.augment.mixup_alpha,
+                                         p=cfg.augment.mixup_p)
             logits = self.step_model(features)
         if self.loss_weights is not None and target.dim() == 1:
             # Class-weighted mean over the *global* batch: DDP averages per-rank losses, and per-rank weighted
@@ -264,7 +274,7 @@ class Trainer:
         self.bar = bar
         loss_sum, loss_steps, clips, t0 = torch.zeros((), device=self.device), 0, 0, time.perf_counter()
         epoch_clips, epoch_t0 = 0, t0
-        batches = StopSafeBatches(self.train_loader(), self.stop, self.world)
+        batches = self.batches.epoch()
         for audio, target in batches:
             loss_sum += self.train_step(audio, target)
             loss_steps += 1
@@ -294,7 +304,7 @@ class Trainer:
         bar.close()
         return epoch_clips / max(1e-9, time.perf_counter() - epoch_t0)
 
-    def stop_and_save(self, bar, batches: "StopSafeBatches") -> None:
+    def stop_and_save(self, bar, batches) -> None:
         """After a stop signal: save this step's state and exit (:class:`Preempted`)."""
         bar.close()
         batches.close()  # workers first: one dying in the save would raise out of torch's SIGCHLD handler
@@ -309,15 +319,20 @@ class Trainer:
         """``train.max_steps`` optimizer steps are done (never, when it is 0)."""
         return bool(self.cfg.train.max_steps) and self.progress.global_step >= self.cfg.train.max_steps
 
+    def target_reached(self) -> bool:
+        """``train.stop_at_val_acc`` is set and the best validation accuracy so far reaches it (also after a
+        resume: the best accuracy is part of the saved progress)."""
+        target = self.cfg.train.stop_at_val_acc
+        return target > 0 and self.progress.best_val_acc >= target
+
     def _memory(self) -> dict:
         if self.device.type != "cuda":
             return {}
         return {"gpu_mem_gb": torch.cuda.max_memory_allocated(self.device) / 2 ** 30}
 
     def evaluate(self, split: str, model: Optional[torch.nn.Module] = None) -> EvalResult:
-        loader = eval_loader(self.data.split(split), self.cfg.train.eval_batch_size, self.world, self.rank,
-                             num_workers=0, pin_memory=False)
-        return evaluate(model or self.raw_model, self.frontend, loader, self.labels, self.device,
+        batches = self.placement.eval_batches(split, self.cfg.train.eval_batch_size, self.world, self.rank)
+        return evaluate(model or self.raw_model, self.frontend, batches, self.labels, self.device,
                         autocast=self.accelerator.autocast)
 
     def fit(self) -> dict:
@@ -330,7 +345,8 @@ class Trainer:
                      self.accelerator.mixed_precision, self.steps_per_epoch, cfg.train.batch_size)
             if self.device.type == "cpu":
                 log.info("front end on the CPU: %s", cpu_kernels.describe())
-        while p.epoch < cfg.train.epochs and not self.step_budget_spent():
+        fit_t0 = time.perf_counter()
+        while p.epoch < cfg.train.epochs and not self.step_budget_spent() and not self.target_reached():
             epoch = p.epoch
             if p.step_in_epoch < self.steps_per_epoch:
                 rates.append(self.train_epoch(epoch))
@@ -363,7 +379,9 @@ class Trainer:
                                       "step": p.global_step})
         self.accelerator.wait_for_everyone()
         dump_weight_digest(self.raw_model, self.rank, self.world)  # debug hook, only with $SCTRAIN_DUMP_WEIGHTS_DIR
-        return {"train_clips_per_s": float(np.mean(rates)) if rates else None}
+        return {"train_clips_per_s": float(np.mean(rates)) if rates else None,
+                "fit_seconds": time.perf_counter() - fit_t0, "placement": self.placement.kind,
+                "stopped_at_val_acc": self.target_reached()}
 
     # ------------------------------------------------------------------------------------ finish
     def finish(self, train_info: dict) -> dict:
@@ -381,6 +399,7 @@ class Trainer:
                    "params": count_parameters(model), "model": cfg.model.name, "labels": self.labels,
                    "per_class_test_acc": test.per_class_accuracy, "world_size": self.world,
                    "precision": self.accelerator.mixed_precision, "device": str(self.device),
+                   "distributed": str(self.accelerator.distributed_type),
                    "steps": self.progress.global_step, **train_info}
         if self.is_main:
             model.cpu()
@@ -414,40 +433,8 @@ class Trainer:
         if getattr(self, "bar", None) is not None:
             self.bar.close()  # after an error too: its message then starts a line of its own
         self.stop.uninstall()
+        self.batches.close()  # persistent loader workers end with the run
         self.tracker.finish()  # no-op after finish(); after preemption or an error, records the exit code
-
-
-class StopSafeBatches:
-    """The epoch's batches, for a graceful stop that a dying loader worker must not spoil.
-
-    Workers ignore stop signals (:func:`worker_init`), but one killed with its process group right after
-    its start, before it could, dies; torch reports that from the loader, between steps, so the last
-    finished step is whole: the epoch then ends with ``worker_lost`` and the caller saves it.
-    """
-
-    def __init__(self, loader: torch.utils.data.DataLoader, stop: GracefulStop, world: int) -> None:
-        self.batches, self.stop, self.world = iter(loader), stop, world
-        self.worker_lost = False
-
-    def __iter__(self) -> "StopSafeBatches":
-        return self
-
-    def __next__(self):
-        try:
-            return next(self.batches)
-        except RuntimeError as e:
-            # With several ranks the others are inside the next step's collectives: no saving alone.
-            if self.stop.received is None or self.world > 1 or "DataLoader worker" not in str(e):
-                raise
-            log.warning("a DataLoader worker died during the stop (%s)", first_line(e))
-            self.worker_lost = True
-            raise StopIteration from None
-
-    def close(self) -> None:
-        """Shut the workers down now (not at garbage collection); their exit then raises nothing."""
-        shutdown_workers = getattr(self.batches, "_shutdown_workers", None)
-        if shutdown_workers is not None:
-            shutdown_workers()
 
 
 def train(cfg: Config) -> dict:
