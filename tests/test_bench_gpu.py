@@ -38,11 +38,21 @@ def test_cpu_form_measures_both_placements_tta_and_a_ddp_launch(synthetic_root, 
     assert "| kwsnet-8 | 16 | fp32 | eager | device | default |" in md and "## DDP launch" in md
 
 
+def test_the_matrix_measures_the_target_pair_first_and_compiled_fp32_last():
+    args = gpu.parse_args(["--device", "cpu", "--widths", "32", "--batches", "256,1024", "--compile", "compiled,eager",
+                           "--precisions", "bf16,fp32"])
+    cases = [gpu.describe(c) for c in gpu.throughput_cases(args, ["kwsnet"])]
+    assert cases[:3] == ["kwsnet-32 batch 256 bf16 compiled device", "kwsnet-32 batch 256 bf16 compiled loader",
+                         "kwsnet-32 batch 256 bf16 compiled device channels-last"]
+    assert len(cases) == 17 and len(set(cases)) == 17
+    assert all("fp32 compiled" in c for c in cases[-4:]) and not any("fp32 compiled" in c for c in cases[:-4])
+
+
 def test_a_spent_budget_records_every_section_as_skipped(synthetic_root, tmp_path):
     assert gpu.main(["--device", "cpu", "--root", str(synthetic_root), "--out", str(tmp_path),
                      "--budget-s", "0", "--sections", "throughput,tta,tests"]) == 0
     data = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert all(v.startswith("skipped: the 0 s budget was spent") for v in data["sections"].values())
+    assert all(v.startswith("skipped: its share of the 0 s budget was spent") for v in data["sections"].values())
     assert list(data["sections"]) == ["throughput", "tta", "tests"] and data["throughput"] == []
 
 
