@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 import yaml
 
+from sctrain.inference.rules import DetectorRules
 from sctrain.utils import first_line
 
 
@@ -359,6 +360,12 @@ class KwsConfig:
     test_minutes: Optional[float] = doc(None, "length of the test stream the detector is evaluated on after training "
                                               "(0 = off); null = 10 when the labels have _silence_, else 0")
     target_fa_per_hour: float = doc(1.0, "false alarms per hour per keyword that calibration aims at")
+    # The detector's rules: calibration chooses thresholds under them and best_sc.pt stores them with the
+    # thresholds, so the detector and predict --stream apply both together (docs/streaming.md: the DET curves).
+    smooth: int = doc(DetectorRules.smooth, "detector: windows (100 ms apart) averaged before thresholding")
+    refractory_ms: float = doc(DetectorRules.refractory_ms, "detector: no new event this long after one's peak")
+    filler_gate: bool = doc(DetectorRules.filler_gate, "detector: a keyword only counts while its smoothed "
+                                                       "posterior is above _silence_'s and _unknown_'s")
 
     def __post_init__(self) -> None:
         # A stream needs room for one word: 3 s of keywords (0.6 of the stream at the least).
@@ -366,6 +373,11 @@ class KwsConfig:
         _require(self.test_minutes is None or self.test_minutes == 0 or self.test_minutes >= 0.1, "kws.test_minutes",
                  "must be 0 (off) or >= 0.1")
         _require(self.target_fa_per_hour >= 0, "kws.target_fa_per_hour", "must be >= 0")
+        _require(self.smooth >= 1, "kws.smooth", "must be >= 1")
+        _require(self.refractory_ms >= 0, "kws.refractory_ms", "must be >= 0")
+
+    def rules(self) -> DetectorRules:
+        return DetectorRules(self.smooth, float(self.refractory_ms), self.filler_gate)
 
     def active(self, has_silence: bool) -> tuple[bool, float]:
         """``(calibrate, test_minutes)`` with the nulls resolved: a detector without a "nothing said" class

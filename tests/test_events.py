@@ -9,9 +9,10 @@ import torch
 
 from sctrain.audio.constants import SAMPLE_RATE
 from sctrain.audio.features import LogMel
-from sctrain.config import Config
+from sctrain.config import Config, ConfigError, load_config
 from sctrain.inference.events import Detection, EventDecoder, keyword_thresholds
 from sctrain.inference.loading import LoadedModel
+from sctrain.inference.rules import DetectorRules
 from sctrain.inference.streaming import StreamingDetector
 from sctrain.models.classifier import AudioClassifier
 from sctrain.models.registry import create_model
@@ -94,13 +95,17 @@ def test_detector_events_replay_from_its_own_posteriors():
         return logits
 
     wave = np.random.default_rng(1).standard_normal((len(script) - 1) * HOP + SAMPLE_RATE).astype(np.float32) * 0.01
-    for threshold in (0.5, {"yes": 0.9}):
+    first_rules = {"smooth": 5, "refractory_ms": 1000.0, "filler_gate": False}  # EventDecoder's own defaults
+    # With the default rules the 0.6 "up" plateau, averaged over 8 windows, stays under _silence_: gated.
+    for threshold, rules, labels in ((0.5, first_rules, ["yes", "up"]), ({"yes": 0.9}, first_rules, ["up"]),
+                                     (0.3, {}, ["yes"])):
         seen.clear()
-        detector = StreamingDetector(tiny_model(), threshold=threshold, net=net)
+        detector = StreamingDetector(tiny_model(), threshold=threshold, net=net, **rules)
         events = detector.process(wave, chunk=777)
         assert detector.windows == len(script) == len(seen)
-        assert events == EventDecoder(LABELS, threshold).decode(np.stack(seen))
-        assert [e.label for e in events] == (["yes", "up"] if threshold == 0.5 else ["up"])
+        assert events == EventDecoder(LABELS, threshold, **detector.rules.decoder_kwargs()).decode(np.stack(seen))
+        assert [e.label for e in events] == labels
+    assert StreamingDetector(tiny_model()).rules == DetectorRules()  # no stored rules: the config's (defaults)
 
 
 def test_detector_rejects_bad_per_keyword_thresholds():
@@ -108,3 +113,70 @@ def test_detector_rejects_bad_per_keyword_thresholds():
         StreamingDetector(tiny_model(), threshold={"nope": 0.5})
     with pytest.raises(ValueError):
         StreamingDetector(tiny_model(), threshold=[0.5, 2.0, 0.5, 0.5, 0.5])
+
+
+# ------------------------------------------------------------- the detector rules the DET curves kept
+
+RULES = DetectorRules()  # smoothing 8, refractory 1.5 s, filler gate
+FIRST = EventDecoder(LABELS)  # the first rules: smoothing 5, refractory 1 s, no gate
+
+
+def test_replay_equals_stepwise_with_the_filler_gate():
+    noisy = np.random.default_rng(2).dirichlet(np.ones(len(LABELS)) * 0.3, size=400).astype(np.float32)
+    for threshold in (0.2, 0.5, {"yes": 0.1, "no": 0.3}):
+        decoder = EventDecoder(LABELS, threshold, **RULES.decoder_kwargs())
+        assert decoder.decode(noisy) == stepwise(decoder, noisy)
+    assert EventDecoder(LABELS, 0.2, filler_gate=True).decode(noisy) != FIRST.decode(noisy, 0.2)
+
+
+def test_filler_gate_drops_a_keyword_the_model_scores_below_silence():
+    """At a low (calibrated) threshold, noise the model calls _silence_ but with some "yes" in it fires
+    without the gate; a word the model hears as "yes" fires with and without it."""
+    post = bumps(120, [(80, "yes", 0.8)])
+    post[20:30] = [0.35, 0.05, 0.05, 0.05, 0.5]  # yes, no, up, _unknown_, _silence_
+    gated = EventDecoder(LABELS, 0.3, smooth=5, filler_gate=True)
+    assert [(e.label, e.start_s) for e in FIRST.decode(post, 0.3)] == [("yes", 2.2), ("yes", 8.0)]
+    assert [(e.label, e.start_s) for e in gated.decode(post)] == [("yes", 8.0)]
+
+
+def test_longer_smoothing_drops_a_short_spike():
+    """A 0.3 s posterior spike (4 windows) reaches 0.5 when averaged over 5 windows, not over 8; a spoken
+    word (the 1 s window holds it for about 9 hops) fires with both."""
+    post = bumps(120, [])
+    post[20:24] = [0, 0.75, 0, 0, 0.25]
+    post[76:85] = [0.9, 0, 0, 0, 0.1]
+    assert [e.label for e in FIRST.decode(post)] == ["no", "yes"]
+    assert [e.label for e in EventDecoder(LABELS, 0.5, **RULES.decoder_kwargs()).decode(post)] == ["yes"]
+
+
+def test_longer_refractory_time_drops_a_words_second_peak():
+    """A word whose score dips and peaks again 1.2 s later (its tail, still inside the sliding window) is one
+    event with a 1.5 s refractory time and two with 1 s; a word 2 s after it still fires."""
+    post = bumps(120, [(20, "yes", 0.9), (32, "yes", 0.7), (52, "no", 0.9)])
+    assert [(e.label, e.start_s) for e in FIRST.decode(post)] == [("yes", 2.0), ("yes", 3.2), ("no", 5.2)]
+    kept = EventDecoder(LABELS, 0.5, smooth=5, refractory_s=RULES.refractory_ms / 1000)
+    assert [(e.label, e.start_s) for e in kept.decode(post)] == [("yes", 2.0), ("no", 5.2)]
+
+
+@pytest.mark.parametrize("stored, match", [({"smooth": 0}, "smooth must be an integer >= 1, got 0"),
+                                           ({"smooth": 2.5}, "smooth must be an integer"),
+                                           ({"refractory_ms": -1}, "refractory_ms must be a number >= 0"),
+                                           ({"filler_gate": "yes"}, "filler_gate must be true or false"),
+                                           ({"persist": 3}, r"unknown detector rules \['persist'\]"),
+                                           ([8], "must be a mapping")])
+def test_detector_rules_are_checked(stored, match):
+    with pytest.raises(ValueError, match=match):
+        DetectorRules.from_dict(stored)
+
+
+def test_detector_rules_config_keys():
+    assert Config().kws.rules() == RULES == DetectorRules.from_dict(RULES.to_dict())
+    cfg = load_config(None, ["kws.smooth=3", "kws.refractory_ms=800", "kws.filler_gate=false"])
+    assert cfg.kws.rules() == DetectorRules(3, 800.0, False)
+    for override, message in (("kws.smooth=0", "config key 'kws.smooth': must be >= 1"),
+                              ("kws.refractory_ms=-5", "config key 'kws.refractory_ms': must be >= 0"),
+                              ("kws.filler_gate=maybe", "config key 'kws.filler_gate': must be a bool"),
+                              ("kws.persist=3", "unknown config key 'kws.persist'")):
+        with pytest.raises(ConfigError, match=message) as e:
+            load_config(None, [override])
+        assert "\n" not in str(e.value)

@@ -28,6 +28,7 @@ from sctrain.data.speechcommands import KEYWORDS, KWS12_LABELS, DatasetError, sc
 from sctrain.data.synthetic import write_synthetic_dataset
 from sctrain.inference.export import OnnxModel, TorchScriptModel, export_onnx, export_torchscript, metadata
 from sctrain.inference.loading import load_model
+from sctrain.inference.rules import DetectorRules
 from sctrain.inference.streaming import StreamingDetector
 from sctrain.training.checkpoint.files import CheckpointError, atomic_save, load_best
 
@@ -315,6 +316,8 @@ def test_calibrated_thresholds_land_in_the_checkpoint_and_results(calibrated_run
     assert (calibrated_run / results["report"]).is_file()
     assert (calibrated_run / "streameval-test" / "streameval_det.png").is_file()
     assert load_model(calibrated_run / "best_sc.pt").thresholds == thresholds
+    # The rules the thresholds were chosen under are stored with them (the kws defaults here).
+    assert ckpt["detector"] == results["detector"] == report["detector"] == DetectorRules().to_dict()
 
 
 def test_detector_and_predict_use_the_stored_thresholds(calibrated_run, synthetic_root, tmp_path, capsys):
@@ -339,10 +342,33 @@ def test_detector_and_predict_use_the_stored_thresholds(calibrated_run, syntheti
         load_model(tmp_path / "bad.pt")
 
 
+def test_detector_and_predict_use_the_stored_rules(calibrated_run, synthetic_root, tmp_path, capsys):
+    """best_sc.pt's detector rules -> StreamingDetector and predict --stream defaults; a flag still wins."""
+    ckpt = load_best(calibrated_run / "best_sc.pt")
+    assert StreamingDetector(load_model(calibrated_run / "best_sc.pt")).rules == DetectorRules()
+    stored = {"smooth": 3, "refractory_ms": 700.0, "filler_gate": False}
+    atomic_save({**ckpt, "detector": stored}, tmp_path / "other.pt")
+    detector = StreamingDetector(load_model(tmp_path / "other.pt"))
+    assert detector.rules.to_dict() == stored
+    assert (detector.decoder.smooth, detector.decoder.refractory_s, detector.decoder.filler_gate) == (3, 0.7, False)
+    assert StreamingDetector(load_model(tmp_path / "other.pt"), smooth=6).rules == DetectorRules(6, 700.0, False)
+    wave = np.concatenate([read_clip(p) for p in sorted((synthetic_root / "no").glob("*.wav"))[:2]])
+    sf.write(tmp_path / "w.wav", wave, SAMPLE_RATE)
+    flags = ["--smooth", "5", "--filler-gate"]
+    for extra, want in (([], stored), (flags, {**stored, "smooth": 5, "filler_gate": True})):
+        assert predict.main([str(tmp_path / "other.pt"), str(tmp_path / "w.wav"), "--stream", "--json", *extra]) == 0
+        assert json.loads(capsys.readouterr().out)["results"][0]["detector"] == want
+    atomic_save({**ckpt, "detector": {"smooth": 0}}, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=r"bad 'detector' rules \(smooth must be an integer >= 1, got 0\)"):
+        load_model(tmp_path / "bad.pt")
+
+
 def test_exports_carry_the_thresholds(calibrated_run, tmp_path):
     model = load_model(calibrated_run / "best_sc.pt")
     assert json.loads(metadata(model, "audio")["sctrain.thresholds"]) == model.thresholds
-    assert TorchScriptModel(export_torchscript(model, tmp_path / "m.torchscript.pt")).thresholds == model.thresholds
+    assert json.loads(metadata(model, "audio")["sctrain.detector"]) == model.rules.to_dict()
+    exported = TorchScriptModel(export_torchscript(model, tmp_path / "m.torchscript.pt"))
+    assert (exported.thresholds, exported.detector) == (model.thresholds, model.rules.to_dict())
     for module in ("onnx", "onnxscript", "onnxruntime"):
         pytest.importorskip(module)
     assert OnnxModel(export_onnx(model, tmp_path / "m.onnx")).thresholds == model.thresholds  # ~8 s

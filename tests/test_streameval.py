@@ -17,6 +17,7 @@ from sctrain.data.pack import load_dataset
 from sctrain.data.speechcommands import KEYWORDS
 from sctrain.data.synthetic import write_synthetic_dataset
 from sctrain.inference.events import Detection, EventDecoder
+from sctrain.inference.rules import DetectorRules
 from sctrain.streameval import build_stream, calibrate, det_curve, evaluate, score_events
 from sctrain.streameval.data import noise_recordings, split_clips
 from sctrain.streameval.posteriors import window_count
@@ -258,6 +259,7 @@ def test_cli_on_a_trained_checkpoint(trained_checkpoint, tmp_path, capsys):
     default = doc["default"]
     assert default["hits"] + default["misses"] <= default["keywords_said"]
     assert set(doc["calibration"]["thresholds"]) == {"yes", "no", "up", "down", "left", "right", "stop", "go"}
+    assert doc["detector"] == DetectorRules().to_dict()  # no stored rules: the checkpoint config's kws rules
     # A trained model finds most words on its own test speakers' stream.
     assert default["miss_rate"] < 0.5, default
 

@@ -32,7 +32,7 @@ def correct_clips(model, root: Path, per_word: int = 5, min_prob: float = 0.7) -
     """Test-split clips (speakers never trained on) that the model labels right on their own.
 
     "On their own" as the detector sees a word: the clip alone on silence, scored at the window offsets
-    its default smoothing averages (5 windows, 100 ms apart, centred on the clip), mean probability of
+    5 windows 100 ms apart, centred on the clip, average (the detector's first smoothing), mean probability of
     the right word >= ``min_prob``. A model that only recognises a clip at one exact offset would fail
     the test for its own reasons, not the detector's.
     """
@@ -104,7 +104,7 @@ def test_stream_finds_known_words(model, mini_root):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the deployment setting the real-time factor is quoted for
     try:
-        detector = StreamingDetector(model)  # defaults: 100 ms hop, 5-window smoothing, threshold 0.5, 1 s refractory
+        detector = StreamingDetector(model)  # defaults: 100 ms hop, threshold 0.5, the kws rules (8, 1.5 s, gate)
         events = []
         rng = np.random.default_rng(1)
         pos = 0

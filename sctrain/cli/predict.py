@@ -20,7 +20,9 @@ examples:
   python -m sctrain.predict runs/sc/best_sc.pt long_recording.wav --stream --threshold 0.7
 
 --stream uses the per-keyword thresholds calibrated after training (stored in best_sc.pt; kws.calibrate),
-or 0.5 for a checkpoint without them; --threshold sets one value for every keyword instead.
+or 0.5 for a checkpoint without them; --threshold sets one value for every keyword instead. The smoothing,
+refractory time and filler gate are by default the ones those thresholds were calibrated under (stored
+with them; else the checkpoint's kws config); --smooth, --refractory-ms and --[no-]filler-gate override them.
 
 Runs on one thread unless --threads says otherwise: a 1 s clip is too little work per operator for a
 thread pool to pay reliably, and on a busy machine PyTorch's OpenMP pool makes batch-1 inference many
@@ -43,9 +45,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     s.add_argument("--threshold", type=float, default=None,
                    help="smoothed keyword posterior that opens an event, for every keyword (default: the "
                         "checkpoint's calibrated per-keyword thresholds, else 0.5)")
-    s.add_argument("--smooth", type=int, default=5, help="windows averaged before thresholding (default 5)")
-    s.add_argument("--refractory-ms", type=float, default=1000.0,
-                   help="no new event this long after one (default 1000)")
+    s.add_argument("--smooth", type=int, default=None,
+                   help="windows averaged before thresholding (default: the checkpoint's rules)")
+    s.add_argument("--refractory-ms", type=float, default=None,
+                   help="no new event this long after one (default: the checkpoint's rules)")
+    s.add_argument("--filler-gate", action=argparse.BooleanOptionalAction, default=None,
+                   help="a keyword counts only while above the _silence_/_unknown_ posteriors (default: the "
+                        "checkpoint's rules)")
     args = p.parse_args(argv)
     if args.top_k < 1:
         p.error(f"--top-k must be >= 1, got {args.top_k}")
@@ -55,9 +61,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         p.error(f"--hop-ms must be in (0, 1000], got {args.hop_ms}")
     if args.threshold is not None and not 0 < args.threshold <= 1:
         p.error(f"--threshold must be in (0, 1], got {args.threshold}")
-    if args.smooth < 1:
+    if args.smooth is not None and args.smooth < 1:
         p.error(f"--smooth must be >= 1, got {args.smooth}")
-    if args.refractory_ms < 0:
+    if args.refractory_ms is not None and args.refractory_ms < 0:
         p.error(f"--refractory-ms must be >= 0, got {args.refractory_ms}")
     return args
 
@@ -70,11 +76,11 @@ def _stream_file(model, path: str, args: argparse.Namespace) -> dict:
 
     wave = read_audio(path)
     detector = StreamingDetector(model, hop_ms=args.hop_ms, threshold=args.threshold, smooth=args.smooth,
-                                 refractory_ms=args.refractory_ms)
+                                 refractory_ms=args.refractory_ms, filler_gate=args.filler_gate)
     events = detector.process(wave)
     return {"file": path, "duration_s": len(wave) / SAMPLE_RATE, "events": [e.to_dict() for e in events],
             "windows": detector.windows, "real_time_factor": detector.real_time_factor,
-            "thresholds": threshold_dict(detector.labels, detector.threshold)}
+            "thresholds": threshold_dict(detector.labels, detector.threshold), "detector": detector.rules.to_dict()}
 
 
 def _text(result: dict) -> str:

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     from sctrain.data.speechcommands import DatasetError
     from sctrain.inference.events import EventDecoder
     from sctrain.inference.loading import load_model
-    from sctrain.inference.streaming import model_thresholds
+    from sctrain.inference.streaming import model_rules, model_thresholds
     from sctrain.streameval.evaluate import evaluate
     from sctrain.streameval.posteriors import stream_posteriors
     from sctrain.streameval.report import write_report
@@ -116,16 +116,17 @@ def main(argv: list[str] | None = None) -> int:
         _check_paths(args)
         model = load_model(args.checkpoint)
         streams, sources = _streams(args, model, progress)
-        # What StreamingDetector does by default: 100 ms hop, 5-window smoothing, the checkpoint's calibrated
-        # thresholds (0.5 for a checkpoint without them).
-        decoder = EventDecoder(model.labels, model_thresholds(model))
+        # What StreamingDetector does by default: 100 ms hop, the checkpoint's calibrated thresholds (0.5 for a
+        # checkpoint without them) and the detector rules stored with them; calibration chooses under the same.
+        rules = model_rules(model)
+        decoder = EventDecoder(model.labels, model_thresholds(model), **rules.decoder_kwargs())
         runs = {split: [(stream_posteriors(model.cpu_classifier, s.wave, decoder.hop, progress=progress,
                                            desc=f"scoring {split} windows"), s)] for split, s in streams.items()}
         evaluation = evaluate(decoder, runs[args.split], runs["validation"], args.target_fa_per_hour)
         test = streams[args.split]
         info = {"checkpoint": str(args.checkpoint), "split": args.split, "seed": args.seed,
                 "duration_s": test.duration_s, "sections": test.sections,
-                "keywords_said": sum(evaluation.default.truths.values()), **sources}
+                "keywords_said": sum(evaluation.default.truths.values()), "detector": rules.to_dict(), **sources}
         out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / f"streameval-{args.split}"
         paths = write_report(evaluation, out, info)
     except (InputError, CheckpointError, DatasetError, AudioError, ValueError, OSError) as e:

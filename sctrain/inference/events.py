@@ -1,4 +1,4 @@
-"""From per-window posteriors to keyword events: smoothing, thresholds, peak wait and refractory period.
+"""From per-window posteriors to keyword events: smoothing, thresholds, filler gate, peak wait and refractory period.
 
 :class:`EventDecoder` holds the decisions of :class:`sctrain.inference.streaming.StreamingDetector` without the
 model, so that posteriors computed once for a stream can be decoded again under other settings: a DET
@@ -8,7 +8,10 @@ costs far more than the decisions. :meth:`EventDecoder.sweep` does that with the
 Thresholds may be one number for every keyword or one per keyword (a ``{label: threshold}`` dict or an
 array over the labels). With one number the rules below reduce to the detector's original ones: a
 smoothed keyword score only counts once it reaches its own keyword's threshold, and among the keywords
-that reach theirs the highest score wins.
+that reach theirs the highest score wins. The filler gate (``filler_gate``) adds one: a keyword only
+counts while its smoothed score is above every filler's (``_silence_``, ``_unknown_``). Over a threshold of
+0.5 or more that always holds, so the gate only changes the lower thresholds calibration often picks,
+where it keeps windows the model itself calls silence or another word from opening an event.
 """
 from __future__ import annotations
 
@@ -84,11 +87,14 @@ class EventDecoder:
     any keyword, and is then emitted (the windows centred on a word score higher than the first ones to
     hear part of it, which may take it for another word). No candidate opens for ``refractory_s`` after an
     event's peak. Windows are ``hop`` samples apart; ``start`` is a window's first stream sample.
+    ``filler_gate``: see the module docstring. These defaults are the detector's first rules; the detector
+    and the stream evaluation take theirs from :class:`sctrain.inference.rules.DetectorRules`.
     """
 
     def __init__(self, labels: Sequence[str], threshold: Thresholds = DEFAULT_THRESHOLD, smooth: int = 5,
                  hop: int = SAMPLE_RATE // 10, refractory_s: float = 1.0, peak_wait_s: float = 1.0,
-                 ignore: Iterable[str] = FILLER_LABELS, sample_rate: int = SAMPLE_RATE) -> None:
+                 ignore: Iterable[str] = FILLER_LABELS, sample_rate: int = SAMPLE_RATE,
+                 filler_gate: bool = False) -> None:
         if smooth < 1:
             raise ValueError(f"smooth must be >= 1, got {smooth}")
         if refractory_s < 0 or peak_wait_s < 0:
@@ -98,6 +104,9 @@ class EventDecoder:
         self.thresholds = keyword_thresholds(self.labels, threshold, self.ignore)
         self.smooth, self.hop, self.sample_rate = smooth, hop, sample_rate
         self.refractory_s, self.peak_wait_s = refractory_s, peak_wait_s
+        self.filler_gate = filler_gate
+        fillers = [i for i, lab in enumerate(self.labels) if lab in self.ignore]
+        self._gate = fillers if filler_gate and fillers else None  # label indices a keyword must beat
         self.reset()
 
     def reset(self) -> None:
@@ -113,7 +122,7 @@ class EventDecoder:
         start = self._next_start if start is None else start
         self._next_start = start + self.hop
         smoothed, t = self._smooth(probs, start)
-        best, score = _best(smoothed[None], self.thresholds)
+        best, score = _best(smoothed[None], self.thresholds, self._gate)
         return self._decide(int(best[0]), float(score[0]), t)
 
     def flush(self) -> list[Detection]:
@@ -171,7 +180,7 @@ class EventDecoder:
 
     def _replay(self, smoothed: np.ndarray, times: np.ndarray, thresholds: np.ndarray) -> list[Detection]:
         self.reset()
-        best, score = _best(smoothed, thresholds)
+        best, score = _best(smoothed, thresholds, self._gate)
         events = []
         for b, s, t in zip(best.tolist(), score.tolist(), times.tolist()):
             if b >= 0 or self._pending is not None:  # otherwise this window changes nothing
@@ -181,9 +190,12 @@ class EventDecoder:
         return events
 
 
-def _best(smoothed: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: the highest-scoring label among those at or over their threshold (-1 if none) and its score."""
+def _best(smoothed: np.ndarray, thresholds: np.ndarray, gate: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the highest-scoring label among those at or over their threshold and, with ``gate``, over
+    the labels it lists (-1 if none), and its score."""
     eligible = smoothed >= thresholds
+    if gate is not None:
+        eligible &= smoothed > smoothed[:, gate].max(1, keepdims=True)
     masked = np.where(eligible, smoothed, -np.inf)
     best = masked.argmax(1)
     score = np.take_along_axis(smoothed, best[:, None], 1)[:, 0]

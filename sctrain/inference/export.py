@@ -17,9 +17,10 @@ Output ``logits``: ``float32 [batch, labels]``. The file's metadata (ONNX ``meta
 ``sctrain.input_shape``, ``sctrain.sample_rate``, ``sctrain.features`` (JSON) and ``sctrain.thresholds``
 (JSON ``{keyword: threshold}``: the per-keyword detection thresholds calibrated after training, which
 :class:`sctrain.inference.streaming.StreamingDetector` uses by default; 0.5 each for a checkpoint without
-calibrated ones). After writing, the command runs the file (ONNX Runtime / ``torch.jit.load``) and PyTorch
-on real clips and fails, keeping no file, unless every argmax agrees and the largest logit difference is
-within ``--atol``.
+calibrated ones) and ``sctrain.detector`` (JSON ``{"smooth", "refractory_ms", "filler_gate"}``: the detector
+rules those thresholds hold under, :class:`sctrain.inference.rules.DetectorRules`). After writing, the command
+runs the file (ONNX Runtime / ``torch.jit.load``) and PyTorch on real clips and fails, keeping no file, unless
+every argmax agrees and the largest logit difference is within ``--atol``.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ from sctrain.data.speechcommands import BACKGROUND_DIR
 from sctrain.inference.events import threshold_dict
 from sctrain.inference.loading import LoadedModel
 from sctrain.inference.predict import file_windows
-from sctrain.inference.streaming import model_thresholds
+from sctrain.inference.streaming import model_rules, model_thresholds
 from sctrain.utils import first_line, is_disk_full, no_space_message, temp_name
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ def input_shape(model: LoadedModel, kind: str) -> list:
 
 
 META_KEYS = ("sctrain.format", "sctrain.labels", "sctrain.input", "sctrain.input_shape", "sctrain.sample_rate",
-             "sctrain.features", "sctrain.checkpoint_metrics", "sctrain.thresholds")
+             "sctrain.features", "sctrain.checkpoint_metrics", "sctrain.thresholds", "sctrain.detector")
 # Loggers that narrate the dynamo exporter's passes (and warn about torchvision ops we do not use).
 EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir")
 
@@ -86,6 +87,7 @@ def metadata(model: LoadedModel, kind: str) -> dict[str, str]:
         "sctrain.features": json.dumps(dataclasses.asdict(model.config.features)),
         "sctrain.checkpoint_metrics": json.dumps(model.metrics, default=str),
         "sctrain.thresholds": json.dumps(threshold_dict(model.labels, model_thresholds(model))),
+        "sctrain.detector": json.dumps(model_rules(model).to_dict()),
     }
 
 
@@ -176,6 +178,8 @@ class ExportedModel:
         self.input: str = meta["sctrain.input"]
         # {keyword: detection threshold}; {} for files exported before thresholds were stored
         self.thresholds: dict[str, float] = json.loads(meta.get("sctrain.thresholds") or "{}")
+        # The detector rules those thresholds were calibrated under ({} for files exported before they were stored)
+        self.detector: dict = json.loads(meta.get("sctrain.detector") or "{}")
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError

@@ -1,5 +1,5 @@
-"""A ``best_sc.pt`` back as the raw-audio classifier it was trained as, with its CPU inference copy and the
-detection thresholds calibrated for it."""
+"""A ``best_sc.pt`` back as the raw-audio classifier it was trained as, with its CPU inference copy, the
+detection thresholds calibrated for it and the detector rules they were calibrated under."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -10,6 +10,7 @@ from torch import nn
 
 from sctrain.audio.features import LogMel
 from sctrain.config import Config, ConfigError, config_from_dict
+from sctrain.inference.rules import DetectorRules
 from sctrain.models.classifier import AudioClassifier
 from sctrain.models.registry import cpu_inference_copy, create_model
 from sctrain.training.checkpoint.files import CheckpointError, load_best
@@ -26,6 +27,8 @@ class LoadedModel:
     metrics: dict = field(default_factory=dict)
     # Per-keyword detection thresholds calibrated after training ({} for a checkpoint without: 0.5 applies).
     thresholds: dict[str, float] = field(default_factory=dict)
+    # The detector rules stored with the thresholds (None for a checkpoint without: its config's kws rules apply).
+    rules: DetectorRules | None = None
 
     @property
     def net(self) -> nn.Module:
@@ -71,7 +74,8 @@ def load_model(path: str | Path) -> LoadedModel:
                               f"({len(labels)} labels; {reason})") from None
     classifier = AudioClassifier(LogMel(cfg.features), net).eval()
     metrics = ckpt.get("metrics") if isinstance(ckpt.get("metrics"), dict) else {}
-    return LoadedModel(classifier, list(labels), cfg, path, metrics, _thresholds(ckpt, labels, path))
+    return LoadedModel(classifier, list(labels), cfg, path, metrics, _thresholds(ckpt, labels, path),
+                       _rules(ckpt, path))
 
 
 def _thresholds(ckpt: dict, labels: list[str], path: Path) -> dict[str, float]:
@@ -82,3 +86,13 @@ def _thresholds(ckpt: dict, labels: list[str], path: Path) -> dict[str, float]:
     if not ok:
         raise CheckpointError(f"checkpoint {path}: 'thresholds' must map its labels to numbers in (0, 1]")
     return {k: float(v) for k, v in stored.items()}
+
+
+def _rules(ckpt: dict, path: Path) -> DetectorRules | None:
+    """The checkpoint's ``detector`` rules, checked like its thresholds."""
+    if ckpt.get("detector") is None:
+        return None
+    try:
+        return DetectorRules.from_dict(ckpt["detector"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path}: bad 'detector' rules ({e})") from None

@@ -1,14 +1,17 @@
 """Keyword spotting on a live or long stream: successive audio chunks in, detection events out.
 
 Every ``hop`` (default 100 ms) the model scores the latest 1 s of audio; the posteriors of the last
-``smooth`` windows (default 5: half a second) are averaged, and a keyword whose smoothed posterior crosses
-``threshold`` opens a candidate event. For ``peak_wait_ms`` (default 1 s) the candidate follows the
-highest smoothed keyword score, of any keyword, and is then emitted: a word that is only partly inside
-the window can look like another word (the first windows to hear it cross the threshold early, often
-with the wrong label), while the windows centred on it score higher. No new candidate opens for
-``refractory_ms`` after an event's peak, so one spoken word, which stays inside the sliding 1 s window
-for most of a second, gives one event. The price is latency: an event is reported about 1.8 s after its
-clip began (median on the test stream; 1.1-3 s). ``start_s`` is the start of the window that scored best.
+``smooth`` windows are averaged, and a keyword whose smoothed posterior crosses ``threshold`` (and, with
+the filler gate, is above the _silence_ and _unknown_ posteriors) opens a candidate event. For
+``peak_wait_ms`` (default 1 s) the candidate follows the highest smoothed keyword score, of any keyword,
+and is then emitted: a word that is only partly inside the window can look like another word (the first
+windows to hear it cross the threshold early, often with the wrong label), while the windows centred on
+it score higher. No new candidate opens for ``refractory_ms`` after an event's peak, so one spoken word,
+which stays inside the sliding 1 s window for most of a second, gives one event. The price is latency:
+with 5-window smoothing an event was reported about 1.8 s after its clip began (median on the test
+stream; 1.1-3 s); the default 8 windows put the centre of the average 150 ms further back. ``start_s``
+is the start of the window that scored best. The defaults of ``smooth``, ``refractory_ms`` and the gate
+are :class:`sctrain.inference.rules.DetectorRules`, chosen on DET curves (docs/streaming.md).
 
 Features: by default each window's log-mel is computed whole (:class:`sctrain.audio.features.LogMel`).
 ``incremental=True`` uses :class:`IncrementalLogMel` instead, which keeps the STFT frames that lie wholly
@@ -18,13 +21,15 @@ end: one STFT over a 1 s window costs a fraction of a millisecond, under a tenth
 window, and the three smaller STFT calls the incremental path needs cost more in per-call overhead than
 the frames they save. It would pay with a costlier front end (longer FFTs, smaller hops).
 
-The decisions (smoothing, thresholds, peak wait, refractory period) are those of
+The decisions (smoothing, thresholds, filler gate, peak wait, refractory period) are those of
 :class:`sctrain.inference.events.EventDecoder`, which replays them over cached posteriors; ``threshold``
 may also be one value per keyword. By default the thresholds are the checkpoint's own, calibrated after
-training for a target false-alarm rate (:attr:`LoadedModel.thresholds`), or 0.5 for a checkpoint without.
+training for a target false-alarm rate (:attr:`LoadedModel.thresholds`), or 0.5 for a checkpoint without,
+and the rules are the ones they were calibrated under (:func:`model_rules`). An argument given wins.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Callable, Iterable, Optional
@@ -38,6 +43,7 @@ from sctrain.audio.features import LogMel, normalise_per_clip
 from sctrain.data.speechcommands import FILLER_LABELS
 from sctrain.inference.events import DEFAULT_THRESHOLD, Detection, EventDecoder, Thresholds
 from sctrain.inference.loading import LoadedModel
+from sctrain.inference.rules import DetectorRules
 
 log = logging.getLogger(__name__)
 
@@ -94,30 +100,39 @@ def model_thresholds(model: LoadedModel) -> Thresholds:
     return dict(model.thresholds) if model.thresholds else DEFAULT_THRESHOLD
 
 
+def model_rules(model: LoadedModel) -> DetectorRules:
+    """The rules a detector uses unless told others: those stored with the checkpoint's thresholds, else
+    its training config's (``kws.smooth``, ``kws.refractory_ms``, ``kws.filler_gate``)."""
+    return model.rules if model.rules is not None else model.config.kws.rules()
+
+
 class StreamingDetector:
     """Feed successive mono 16 kHz chunks (float in [-1, 1] or int16) with :meth:`feed`; it returns the
     :class:`Detection` events completed by that chunk. :meth:`flush` ends the stream.
 
     ``threshold``: one value, or one per keyword; None = :func:`model_thresholds` (the checkpoint's calibrated
-    ones, else 0.5). ``net``: any callable from ``[1, 1, n_mels, frames]`` features to ``[1, labels]`` logits
-    (default ``model.cpu_net``: BatchNorm folded, channels-last); ``incremental``: see the module docstring.
+    ones, else 0.5). ``smooth``, ``refractory_ms``, ``filler_gate``: None = :func:`model_rules`. ``net``: any
+    callable from ``[1, 1, n_mels, frames]`` features to ``[1, labels]`` logits (default ``model.cpu_net``:
+    BatchNorm folded, channels-last); ``incremental``: see the module docstring.
     """
 
     def __init__(self, model: LoadedModel, hop_ms: float = 100.0, threshold: Optional[Thresholds] = None,
-                 smooth: int = 5, refractory_ms: float = 1000.0, peak_wait_ms: float = 1000.0,
-                 incremental: bool = False, ignore: Iterable[str] = FILLER_LABELS,
-                 net: Optional[Callable[[Tensor], Tensor]] = None) -> None:
+                 smooth: Optional[int] = None, refractory_ms: Optional[float] = None,
+                 peak_wait_ms: float = 1000.0, incremental: bool = False, ignore: Iterable[str] = FILLER_LABELS,
+                 net: Optional[Callable[[Tensor], Tensor]] = None, filler_gate: Optional[bool] = None) -> None:
         self.labels = list(model.labels)
         self.hop = int(round(hop_ms * SAMPLE_RATE / 1000))
         if not 0 < self.hop <= CLIP_SAMPLES:
             raise ValueError(f"hop_ms must be in (0, 1000], got {hop_ms}")
         if threshold is None:
             threshold = model_thresholds(model)
-        # Validates threshold, smooth, refractory_ms and peak_wait_ms.
-        self.decoder = EventDecoder(self.labels, threshold, smooth, self.hop, refractory_ms / 1000.0,
-                                    peak_wait_ms / 1000.0, ignore)
-        self.threshold, self.smooth = threshold, smooth
-        self.refractory_s, self.peak_wait_s = refractory_ms / 1000.0, peak_wait_ms / 1000.0
+        given = {"smooth": smooth, "refractory_ms": refractory_ms, "filler_gate": filler_gate}
+        # Validates smooth, refractory_ms and filler_gate; the decoder checks threshold and peak_wait_ms.
+        self.rules = dataclasses.replace(model_rules(model), **{k: v for k, v in given.items() if v is not None})
+        self.decoder = EventDecoder(self.labels, threshold, hop=self.hop, peak_wait_s=peak_wait_ms / 1000.0,
+                                    ignore=ignore, **self.rules.decoder_kwargs())
+        self.threshold, self.smooth = threshold, self.rules.smooth
+        self.refractory_s, self.peak_wait_s = self.rules.refractory_ms / 1000.0, peak_wait_ms / 1000.0
         self.net = net if net is not None else model.cpu_net
         self.logmel = model.features
         stft_hop = self.logmel.mel.spectrogram.hop_length

@@ -2,10 +2,11 @@
 ``best_sc.pt``, and the detector evaluated on a test stream (config section ``kws``).
 
 The streams, scoring and calibration are :mod:`sctrain.streameval`'s, with the settings of
-``python -m sctrain.streameval`` (test stream seed 0, validation stream seed 1, the detector's defaults), so
+``python -m sctrain.streameval`` (test stream seed 0, validation stream seed 1, the config's detector rules), so
 that command run on the same checkpoint reproduces the numbers. The stored thresholds are what
 :class:`sctrain.inference.streaming.StreamingDetector`, ``python -m sctrain.predict --stream`` and exported
-files (``sctrain.thresholds``) use by default.
+files (``sctrain.thresholds``) use by default, with the detector rules they were chosen under
+(``kws.smooth``, ``kws.refractory_ms``, ``kws.filler_gate``; stored next to them as ``detector``).
 """
 from __future__ import annotations
 
@@ -55,7 +56,9 @@ def stream_stage(cfg: Config, data: PackedDataset, model: LoadedModel, best_path
 
 def _run(cfg: Config, data: PackedDataset, model: LoadedModel, best_path: Path, out_dir: Path, calibrating: bool,
          test_minutes: float, progress: bool) -> dict:
-    decoder = EventDecoder(model.labels)  # the detector's defaults: 100 ms hop, 5-window smoothing
+    # 100 ms hop and the kws rules, which the thresholds are chosen under and stored with.
+    rules = cfg.kws.rules()
+    decoder = EventDecoder(model.labels, **rules.decoder_kwargs())
 
     def runs(split: str, minutes: float, seed: int) -> list:
         stream = split_stream(data, split, minutes, seed)
@@ -69,7 +72,8 @@ def _run(cfg: Config, data: PackedDataset, model: LoadedModel, best_path: Path, 
     if test_minutes:
         test = runs("test", test_minutes, TEST_SEED)
         evaluation = evaluate(decoder, test, validation, cfg.kws.target_fa_per_hour)
-        paths = write_report(evaluation, out_dir / REPORT_DIR, _info(best_path, data, test[0][1], evaluation))
+        info = _info(best_path, data, test[0][1], evaluation, rules.to_dict())
+        paths = write_report(evaluation, out_dir / REPORT_DIR, info)
         summary["test"] = {"minutes": test_minutes, "default": _brief(evaluation.default, model.labels)}
         if evaluation.calibrated is not None:
             summary["test"]["calibrated"] = _brief(evaluation.calibrated, model.labels)
@@ -82,8 +86,9 @@ def _run(cfg: Config, data: PackedDataset, model: LoadedModel, best_path: Path, 
     elif validation:
         calibration = calibrate(decoder, validation, cfg.kws.target_fa_per_hour)
     if calibration is not None:
-        store_thresholds(best_path, calibration.thresholds)
+        store_thresholds(best_path, calibration.thresholds, rules.to_dict())
         summary.update(_calibration_summary(calibration, cfg, model.labels))
+        summary["detector"] = rules.to_dict()
         log.info("calibrated thresholds for %g false alarms/h per keyword, stored in %s: %s",
                  calibration.target_fa_per_hour, best_path.name,
                  ", ".join(f"{k} {t:g}" for k, t in calibration.thresholds.items()))
@@ -102,9 +107,10 @@ def _brief(score: Score, labels: list[str]) -> dict:
     return {key: full[key] for key in BRIEF}
 
 
-def _info(best_path: Path, data: PackedDataset, stream, evaluation) -> dict:
+def _info(best_path: Path, data: PackedDataset, stream, evaluation, detector: dict) -> dict:
     """What the report says about the test stream (the keys ``python -m sctrain.streameval`` writes)."""
     root = Path(data.meta["root"])
     return {"checkpoint": str(best_path), "split": "test", "seed": TEST_SEED, "duration_s": stream.duration_s,
+            "detector": detector,
             "sections": stream.sections, "keywords_said": sum(evaluation.default.truths.values()),
             "root": str(root), "noise": [str(root / p) for p in data.meta["background_files"]]}

@@ -140,11 +140,14 @@ def save_best(path: str | Path, model: torch.nn.Module, labels: list[str], confi
         raise
 
 
-def store_thresholds(path: str | Path, thresholds: dict[str, float]) -> None:
-    """Add per-keyword detection thresholds (plain ``{label: float}``) to the ``best_sc.pt`` at ``path``,
-    rewritten atomically; inference uses them by default (:attr:`LoadedModel.thresholds`)."""
+def store_thresholds(path: str | Path, thresholds: dict[str, float], detector: dict | None = None) -> None:
+    """Add per-keyword detection thresholds (plain ``{label: float}``) and the detector rules they were
+    chosen under (``DetectorRules.to_dict()``) to the ``best_sc.pt`` at ``path``, rewritten atomically;
+    inference uses both by default (:attr:`LoadedModel.thresholds`, :attr:`LoadedModel.rules`)."""
     ckpt = load_best(path)
     ckpt["thresholds"] = {str(k): float(v) for k, v in thresholds.items()}
+    if detector is not None:
+        ckpt["detector"] = dict(detector)
     atomic_save(ckpt, path)
 
 

@@ -1,0 +1,48 @@
+"""The detector's rules after the model (smoothing, refractory time, filler gate), as one value that travels
+from the config to ``best_sc.pt``, exports and the detector.
+
+The defaults are the rules that cut false alarms at equal misses on the DET curves of docs/streaming.md
+(mini-set and generated streams). Longer smoothing keeps short posterior spikes from reaching a threshold. A
+longer refractory time stops the tail of a word from firing a second time. The filler gate lets calibration
+pick low thresholds without windows the model calls silence firing. Thresholds are calibrated under these
+rules, so the two are stored together: thresholds chosen under other rules would not hold their
+false-alarm rate.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DetectorRules:
+    smooth: int = 8  # windows averaged (100 ms apart by default) before thresholding
+    refractory_ms: float = 1500.0  # no new candidate this long after an event's peak
+    filler_gate: bool = True  # a keyword counts only while its smoothed score is above every filler's
+
+    def __post_init__(self) -> None:
+        if isinstance(self.smooth, bool) or not isinstance(self.smooth, int) or self.smooth < 1:
+            raise ValueError(f"smooth must be an integer >= 1, got {self.smooth!r}")
+        if isinstance(self.refractory_ms, bool) or not isinstance(self.refractory_ms, (int, float)) \
+                or not self.refractory_ms >= 0:
+            raise ValueError(f"refractory_ms must be a number >= 0, got {self.refractory_ms!r}")
+        if not isinstance(self.filler_gate, bool):
+            raise ValueError(f"filler_gate must be true or false, got {self.filler_gate!r}")
+
+    def to_dict(self) -> dict:
+        return {"smooth": self.smooth, "refractory_ms": float(self.refractory_ms), "filler_gate": self.filler_gate}
+
+    @classmethod
+    def from_dict(cls, stored: dict) -> DetectorRules:
+        """From :meth:`to_dict`'s form; ``ValueError`` for unknown keys or bad values (missing keys keep
+        their defaults)."""
+        if not isinstance(stored, dict):
+            raise ValueError(f"detector rules must be a mapping, got {type(stored).__name__}")
+        unknown = sorted(set(stored) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown detector rules {unknown}")
+        return cls(**stored)
+
+    def decoder_kwargs(self) -> dict:
+        """The :class:`sctrain.inference.events.EventDecoder` arguments these rules set."""
+        return {"smooth": self.smooth, "refractory_s": self.refractory_ms / 1000.0, "filler_gate": self.filler_gate}
