@@ -67,6 +67,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--compile", dest="compile_modes", default=None,
                    help="compiled,eager (default on a GPU) or a subset (default eager on a CPU: ~40 s a compile)")
     p.add_argument("--precisions", default=None, help="bf16,fp32 (default on a GPU; fp32 on a CPU)")
+    p.add_argument("--layouts", default=None,
+                   help="default,channels-last: every case in both memory formats (default: the first case only "
+                        "is measured channels-last too)")
     p.add_argument("--repeats", type=int, default=1,
                    help="measure each case this often, cases interleaved, and report the median (default 1)")
     p.add_argument("--min-seconds", type=float, default=None,
@@ -96,6 +99,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     args.placements = _choices(p, "--placements", args.placements, ("device", "loader"))
     args.compile_modes = _choices(p, "--compile", args.compile_modes, ("compiled", "eager"))
     args.precisions = _choices(p, "--precisions", args.precisions, ("bf16", "fp32"))
+    args.layouts = None if args.layouts is None else _choices(p, "--layouts", args.layouts,
+                                                               ("default", "channels-last"))
     args.widths, args.batches = _ints(p, "--widths", args.widths), _ints(p, "--batches", args.batches)
     if args.repeats < 1 or args.per_word < 1 or not 1 <= args.words <= 35 or args.ddp_processes < 1:
         p.error("--repeats, --per-word and --ddp-processes must be >= 1, --words in 1..35")
@@ -262,11 +267,13 @@ def throughput_cases(args, families: list[str]) -> list[dict]:
                 for precision in args.precisions:
                     for compile_mode in args.compile_modes:
                         for placement in args.placements:
-                            cases.append({"family": family, "width": width, "batch": batch, "precision": precision,
-                                          "compile": compile_mode, "placement": placement, "channels_last": False})
+                            for layout in args.layouts or ["default"]:
+                                cases.append({"family": family, "width": width, "batch": batch,
+                                              "precision": precision, "compile": compile_mode, "placement": placement,
+                                              "channels_last": layout == "channels-last"})
     # Compiled fp32 last: each costs a compile and matters least (bf16 is the GPU default). Stable sort.
     cases.sort(key=lambda c: c["compile"] == "compiled" and c["precision"] == "fp32")
-    if "kwsnet" in families:  # channels-last memory format, measured (not assumed) on the first pair's case
+    if "kwsnet" in families and args.layouts is None:  # channels-last, measured (not assumed) on the first case
         cases.insert(min(2, len(cases)), {**cases[0], "channels_last": True})
     return cases
 
