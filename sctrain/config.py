@@ -355,8 +355,9 @@ class LatencyConfig:
 class KwsConfig:
     calibrate: Optional[bool] = doc(None, "after training, choose per-keyword detection thresholds on validation "
                                           "streams and store them in best_sc.pt; null = when the labels have _silence_")
-    validation_minutes: float = doc(10.0, "length of the validation stream the thresholds are calibrated on (one "
-                                          "false alarm on it counts 60/minutes per hour: longer calibrates finer)")
+    validation_minutes: float = doc(30.0, "length of the validation stream the thresholds are calibrated on (one "
+                                          "false alarm on it counts 60/minutes per hour: longer calibrates finer; "
+                                          "30 measured better than 10, docs/streaming.md)")
     test_minutes: Optional[float] = doc(None, "length of the test stream the detector is evaluated on after training "
                                               "(0 = off); null = 10 when the labels have _silence_, else 0")
     target_fa_per_hour: float = doc(1.0, "false alarms per hour per keyword that calibration aims at")

@@ -144,6 +144,8 @@ def test_config_keys_for_the_keyword_tasks(tmp_path):
     assert load_config(REPO / "configs/debug.yaml").kws.active(True) == (False, 0.0)
     recipe = load_config(REPO / "configs/kws.yaml")
     assert recipe.data.task == "keywords" and recipe.kws.calibrate and 0 < recipe.kws.test_minutes <= 10
+    # The recipe calibrates on the default length (30 min: docs/streaming.md, "Calibration settings").
+    assert recipe.kws.validation_minutes == kws.validation_minutes == 30.0
 
 
 # ------------------------------------------------------------------------------ a folder of your own words
