@@ -21,6 +21,7 @@ runs it, so the script cannot rot); ``bench/gpu_check.sh`` is how the GPU machin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -219,15 +220,27 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(cfg, min_seconds: float) -> dict:
-    """Warm-up epoch, then whole epochs for at least ``min_seconds`` (at least one): clips/s of the loop."""
+@contextlib.contextmanager
+def bench_trainer(cfg):
+    """A Trainer built in a fresh process state (its own Accelerator, no earlier graphs or device memory),
+    closed and its run folder released afterwards."""
     from sctrain.training import rundir
     from sctrain.training.trainer import Trainer
 
     fresh_process_state()
-    t_build = time.perf_counter()
     trainer = Trainer(cfg)
     try:
+        yield trainer
+    finally:
+        trainer.close()
+        rundir.release()
+        fresh_process_state()
+
+
+def measure(cfg, min_seconds: float) -> dict:
+    """Warm-up epoch, then whole epochs for at least ``min_seconds`` (at least one): clips/s of the loop."""
+    t_build = time.perf_counter()
+    with bench_trainer(cfg) as trainer:
         build_s = time.perf_counter() - t_build
         p = trainer.progress
         t0 = time.perf_counter()
@@ -249,11 +262,6 @@ def measure(cfg, min_seconds: float) -> dict:
         if trainer.device.type == "cuda":
             row["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated(trainer.device) / 2 ** 30, 2)
         return row
-    finally:
-        trainer.close()
-        rundir.release()
-        del trainer
-        fresh_process_state()
 
 
 def throughput_cases(args, families: list[str]) -> list[dict]:
@@ -333,8 +341,6 @@ def describe(case: dict) -> str:
 # ------------------------------------------------------------------------------------------------ tta
 def time_to_accuracy(args, root: Path, out: Path) -> dict:
     from sctrain.config import load_config
-    from sctrain.training import rundir
-    from sctrain.training.trainer import Trainer
 
     precision = "bf16" if args.device == "cuda" else "fp32"
     compiled = args.device == "cuda"
@@ -344,9 +350,7 @@ def time_to_accuracy(args, root: Path, out: Path) -> dict:
     overrides += [f"train.epochs={args.tta_epochs}", f"train.stop_at_val_acc={args.tta_target}",
                   "train.warmup_epochs=1"]
     cfg = load_config(args.config, overrides)
-    fresh_process_state()
-    trainer = Trainer(cfg)
-    try:
+    with bench_trainer(cfg) as trainer:
         info = trainer.fit()
         p = trainer.progress
         return {"target_val_acc": args.tta_target, "reached": bool(info["stopped_at_val_acc"]),
@@ -356,11 +360,6 @@ def time_to_accuracy(args, root: Path, out: Path) -> dict:
                                    "precision": precision, "compile": "compiled" if compiled else "eager",
                                    "placement": "device"}),
                 "train_clips": len(trainer.data.split("train")), "words": len(trainer.labels)}
-    finally:
-        trainer.close()
-        rundir.release()
-        del trainer
-        fresh_process_state()
 
 
 # ------------------------------------------------------------------------------------------------ ddp, tests
@@ -368,6 +367,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def child_env() -> dict:
+    """This environment with the checkout first on PYTHONPATH, so child processes import this sctrain
+    (the GPU machine runs it from the checkout, not installed)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 
 def ddp_launch(args, root: Path, work: Path, out: Path, timeout: float) -> dict:
@@ -380,7 +385,7 @@ def ddp_launch(args, root: Path, work: Path, out: Path, timeout: float) -> dict:
            "--config", str(REPO / "configs/debug.yaml"), f"data.root={root}", f"output_dir={run_dir}",
            "train.epochs=2", "train.resume=never", f"model.kwsnet.width={args.widths[0]}", "tracking.report=false",
            "latency.enabled=false", f"train.batch_size={args.batches[0]}", f"data.placement={args.placements[0]}"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = child_env()
     if not gpu:
         env["OMP_NUM_THREADS"] = "1"
     t0 = time.perf_counter()
@@ -399,7 +404,7 @@ def ddp_launch(args, root: Path, work: Path, out: Path, timeout: float) -> dict:
 
 def gpu_tests(out: Path, timeout: float) -> dict:
     cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider", str(REPO / "tests")]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = child_env()
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     (out / "gpu_tests.log").write_text(proc.stdout + proc.stderr)
