@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from in_process import trainer_for
 
 from sctrain.config import load_config
 from sctrain.training.distributed import resolve_precision
@@ -32,36 +33,24 @@ def test_bf16_training_on_the_gpu(synthetic_root, tmp_path, compile_model):
 
 
 def gpu_trainer(root: Path, out: Path, *overrides: str):
-    from sctrain.training.trainer import Trainer
-    cfg = load_config(REPO / "configs/debug.yaml", [
+    return trainer_for(load_config(REPO / "configs/debug.yaml", [
         f"data.root={root}", f"output_dir={out}", "train.batch_size=16", "tracking.mode=disabled",
-        "tracking.report=false", "latency.enabled=false", *overrides])
-    return Trainer(cfg)
-
-
-def close(trainer) -> None:
-    from sctrain.training import rundir
-    trainer.close()
-    rundir.release()
+        "tracking.report=false", "latency.enabled=false", *overrides]))
 
 
 def test_auto_placement_puts_the_splits_on_the_gpu(synthetic_root, tmp_path):
-    trainer = gpu_trainer(synthetic_root, tmp_path)
-    try:
+    with gpu_trainer(synthetic_root, tmp_path) as trainer:
         assert trainer.placement.kind == "device"
         assert trainer.placement.resident("train").audio.device.type == "cuda"
         audio, target = next(iter(trainer.batches.epoch()))
         assert audio.is_cuda and target.is_cuda and audio.dtype == torch.int16
-    finally:
-        close(trainer)
 
 
 @pytest.mark.parametrize("placement", ["device", "loader"])
 def test_training_steps_never_wait_for_the_gpu(synthetic_root, tmp_path, placement):
     """CUDA's sync debug mode raises on any call that makes the host wait for the device (.item(), a
     device-to-host copy, nonzero): none may happen in the steps or the stop vote."""
-    trainer = gpu_trainer(synthetic_root, tmp_path, f"data.placement={placement}", "augment.mixup_p=0.5")
-    try:
+    with gpu_trainer(synthetic_root, tmp_path, f"data.placement={placement}", "augment.mixup_p=0.5") as trainer:
         batches = trainer.batches.epoch()
         trainer.train_step(*next(iter(batches)))  # first-call allocations outside the check
         torch.cuda.synchronize()
@@ -72,18 +61,13 @@ def test_training_steps_never_wait_for_the_gpu(synthetic_root, tmp_path, placeme
                 trainer.stop.should_stop(trainer.accelerator)
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    finally:
-        close(trainer)
 
 
 @pytest.mark.parametrize("mode", ["reduce-overhead"])  # max-autotune autotunes for minutes
 def test_compile_modes_and_channels_last_train(synthetic_root, tmp_path, mode):
-    trainer = gpu_trainer(synthetic_root, tmp_path, "train.compile=true", f"train.compile_mode={mode}",
-                          "train.channels_last=true", "data.placement=device")
-    try:
+    with gpu_trainer(synthetic_root, tmp_path, "train.compile=true", f"train.compile_mode={mode}",
+                     "train.channels_last=true", "data.placement=device") as trainer:
         trainer.train_epoch(0)
         trainer.progress.step_in_epoch = 0
         trainer.train_epoch(1)  # a second epoch replays the graph (CUDA graphs: the same static shapes)
         assert all(torch.isfinite(p).all() for p in trainer.raw_model.parameters())
-    finally:
-        close(trainer)

@@ -3,20 +3,19 @@ reads nothing back from the device between log lines. (Bitwise equality of the t
 SIGTERM and resume, with one and two processes, is in tests/test_resume.py.)"""
 from __future__ import annotations
 
-import contextlib
 import weakref
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from in_process import trainer_for
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from sctrain.audio import cpu_kernels
 from sctrain.config import load_config
 from sctrain.data.pack import load_dataset
-from sctrain.training import rundir
 from sctrain.training.placement import ResidentSplit, choose_placement, packed_bytes
 from sctrain.training.trainer import Trainer
 
@@ -28,16 +27,6 @@ SMALL = ["model.kwsnet.width=8", "train.batch_size=16", "train.eval_batch_size=6
 
 def small_config(root: Path, out: Path, *overrides: str):
     return load_config(REPO / "configs/debug.yaml", [f"data.root={root}", f"output_dir={out}", *SMALL, *overrides])
-
-
-@contextlib.contextmanager
-def trainer_for(cfg):
-    trainer = Trainer(cfg)
-    try:
-        yield trainer
-    finally:
-        trainer.close()
-        rundir.release()
 
 
 def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
