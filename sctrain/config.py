@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import yaml
 
-from sctrain.inference.rules import DetectorRules
+from sctrain.artifacts.detector import DetectorRules
 from sctrain.utils import first_line
 
 

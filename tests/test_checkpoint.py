@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from sctrain.artifacts import best
+from sctrain.artifacts import files as artifact_files
+from sctrain.artifacts.files import CheckpointError
 from sctrain.training.checkpoint import files as checkpoint
-from sctrain.training.checkpoint.files import CheckpointError
 from sctrain.training.checkpoint.policy import Checkpointer, Progress
 from sctrain.training.stopping import GracefulStop
 
@@ -47,19 +49,19 @@ def test_atomic_save_round_trip_and_stale_temp_files_are_removed(tmp_path):
     path = tmp_path / "best_sc.pt"
     stale = tmp_path / ".best_sc.pt.tmp999999"
     stale.write_bytes(b"half a checkpoint")  # left by a writer killed mid-save
-    checkpoint.atomic_save({"format": checkpoint.BEST_FORMAT, "model": {"w": torch.ones(3)}}, path)
-    assert torch.equal(checkpoint.safe_load(path, checkpoint.BEST_FORMAT)["model"]["w"], torch.ones(3))
+    artifact_files.atomic_save({"format": best.BEST_FORMAT, "model": {"w": torch.ones(3)}}, path)
+    assert torch.equal(artifact_files.safe_load(path, best.BEST_FORMAT)["model"]["w"], torch.ones(3))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best_sc.pt"]
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
 def test_damaged_checkpoint_is_a_one_line_error_naming_the_file(tmp_path, damage):
     path = tmp_path / "best_sc.pt"
-    checkpoint.atomic_save({"format": checkpoint.BEST_FORMAT, "model": {"w": torch.randn(1000)}}, path)
+    artifact_files.atomic_save({"format": best.BEST_FORMAT, "model": {"w": torch.randn(1000)}}, path)
     data = path.read_bytes()
     path.write_bytes({"truncate": data[: len(data) // 2], "garbage": os.urandom(4096), "empty": b""}[damage])
     with pytest.raises(CheckpointError) as info:
-        checkpoint.load_best(path)
+        best.load_best(path)
     message = str(info.value)
     assert str(path) in message and "\n" not in message and ("corrupt" in message or "safely" in message)
 
@@ -67,9 +69,9 @@ def test_damaged_checkpoint_is_a_one_line_error_naming_the_file(tmp_path, damage
 def test_foreign_and_missing_checkpoints_are_rejected(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match=r"other.pt is not an sctrain-best/1 checkpoint"):
-        checkpoint.load_best(tmp_path / "other.pt")
+        best.load_best(tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="checkpoint not found"):
-        checkpoint.load_best(tmp_path / "nothing.pt")
+        best.load_best(tmp_path / "nothing.pt")
 
 
 class _RunsCode:
@@ -85,14 +87,14 @@ class _RunsCode:
 def test_loading_never_runs_code_from_a_pickle(tmp_path):
     marker = tmp_path / "code-ran"
     path = tmp_path / "evil.pt"
-    torch.save({"format": checkpoint.BEST_FORMAT, "model": {}, "labels": [], "config": {}, "x": _RunsCode(marker)},
+    torch.save({"format": best.BEST_FORMAT, "model": {}, "labels": [], "config": {}, "x": _RunsCode(marker)},
                path)
     with open(path, "rb") as f:  # the payload is live: a plain unpickler does run it
         torch.load(f, weights_only=False)
     assert marker.exists()
     marker.unlink()
     with pytest.raises(CheckpointError, match="cannot be loaded safely|truncated or corrupt"):
-        checkpoint.load_best(path)
+        best.load_best(path)
     assert not marker.exists()
     raw = tmp_path / "raw.pkl"  # not even a torch zip: a bare pickle
     raw.write_bytes(pickle.dumps(_RunsCode(marker), protocol=2))

@@ -13,9 +13,11 @@ import torch
 import yaml
 
 from sctrain import config
+from sctrain.artifacts import best
+from sctrain.artifacts import files as artifact_files
+from sctrain.artifacts.files import CheckpointError
 from sctrain.config import Config, ConfigError, load_config
 from sctrain.training.checkpoint import files as checkpoint
-from sctrain.training.checkpoint.files import CheckpointError
 from sctrain.utils import shorten
 
 
@@ -150,13 +152,13 @@ def test_an_empty_config_file_gives_the_defaults(tmp_path, text):
 # ------------------------------------------------------------------------------------ checkpoints
 
 def real_checkpoint(path):
-    checkpoint.atomic_save({"format": checkpoint.BEST_FORMAT, "model": {"w": torch.randn(1000)}, "labels": ["a"],
+    artifact_files.atomic_save({"format": best.BEST_FORMAT, "model": {"w": torch.randn(1000)}, "labels": ["a"],
                             "config": {}}, path)
     return path
 
 
 def test_a_folder_as_checkpoint_is_named_as_a_folder_and_state_folders_still_load(tmp_path):
-    message = one_line_error(CheckpointError, checkpoint.load_best, tmp_path)
+    message = one_line_error(CheckpointError, best.load_best, tmp_path)
     assert message == f"checkpoint {tmp_path} is a folder, not a checkpoint file"
     payload = {"progress": {"epoch": 0, "step_in_epoch": 3, "global_step": 3}, "model": {}, "optimizer": {},
                "scheduler": {}, "rng": []}
@@ -170,7 +172,7 @@ def test_a_folder_as_checkpoint_is_named_as_a_folder_and_state_folders_still_loa
 
 def test_random_bytes_are_not_a_checkpoint(tmp_path):
     path = write(tmp_path, b"\x07" + random.Random(1).randbytes(199), "best_sc.pt")
-    message = one_line_error(CheckpointError, checkpoint.load_best, path)
+    message = one_line_error(CheckpointError, best.load_best, path)
     assert message == (f"{path} is not a checkpoint (corrupt or foreign: neither a torch zip archive nor a pickle, "
                        f"first bytes {path.read_bytes()[:4].hex(' ')})")
 
@@ -192,16 +194,16 @@ def test_each_kind_of_bad_checkpoint_has_its_own_clear_message(tmp_path, kind, e
         torch.save(torch.nn.Linear(2, 2), path)
     else:
         path.write_bytes({"empty": b"", "truncated": data[: len(data) // 2], "cut after the zip magic": data[:2],
-                          "bare pickle": pickle.dumps({"format": checkpoint.BEST_FORMAT}),
+                          "bare pickle": pickle.dumps({"format": best.BEST_FORMAT}),
                           "text": b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 5588\n",
                           "gzip": gzip.compress(data)}[kind])
-    message = one_line_error(CheckpointError, checkpoint.load_best, path)
+    message = one_line_error(CheckpointError, best.load_best, path)
     assert str(path) in message and expected in message
     assert "Weights only load failed" not in message and "\x1b" not in message
 
 
 def test_real_checkpoints_still_load(tmp_path):
-    assert checkpoint.load_best(real_checkpoint(tmp_path / "best_sc.pt"))["labels"] == ["a"]
+    assert best.load_best(real_checkpoint(tmp_path / "best_sc.pt"))["labels"] == ["a"]
 
 
 @pytest.mark.parametrize("text, limit", [("word " * 60, 120), ("a" * 50 + " tail", 30), ("one two three", 11)])

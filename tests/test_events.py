@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from sctrain.artifacts.detector import DetectorRules
 from sctrain.audio.constants import SAMPLE_RATE
 from sctrain.audio.features import LogMel
 from sctrain.config import Config, ConfigError, load_config
 from sctrain.inference.events import Detection, EventDecoder, keyword_thresholds
 from sctrain.inference.loading import LoadedModel
-from sctrain.inference.rules import DetectorRules
 from sctrain.inference.streaming import StreamingDetector
 from sctrain.models.classifier import AudioClassifier
 from sctrain.models.registry import create_model

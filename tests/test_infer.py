@@ -12,12 +12,13 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
+from sctrain.artifacts.best import load_best
+from sctrain.artifacts.files import atomic_save
 from sctrain.audio.constants import SAMPLE_RATE
 from sctrain.audio.io import AudioError, read_audio, to_model_rate
 from sctrain.cli import predict
 from sctrain.inference.loading import load_model
 from sctrain.inference.predict import file_windows, predict_wave
-from sctrain.training.checkpoint.files import atomic_save, load_best
 
 REPO = Path(__file__).resolve().parents[1]
 

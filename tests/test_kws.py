@@ -17,6 +17,9 @@ import pytest
 import soundfile as sf
 from one_thread import train_on_one_thread
 
+from sctrain.artifacts.best import load_best
+from sctrain.artifacts.detector import DetectorRules
+from sctrain.artifacts.files import CheckpointError, atomic_save
 from sctrain.audio.constants import INT16_SCALE, SAMPLE_RATE
 from sctrain.audio.io import read_clip, to_int16
 from sctrain.cli import predict
@@ -28,9 +31,7 @@ from sctrain.data.speechcommands import KEYWORDS, KWS12_LABELS, DatasetError, sc
 from sctrain.data.synthetic import write_synthetic_dataset
 from sctrain.inference.export import OnnxModel, TorchScriptModel, export_onnx, export_torchscript, metadata
 from sctrain.inference.loading import load_model
-from sctrain.inference.rules import DetectorRules
 from sctrain.inference.streaming import StreamingDetector
-from sctrain.training.checkpoint.files import CheckpointError, atomic_save, load_best
 
 REPO = Path(__file__).resolve().parents[1]
 THREE = ["yes", "no", "up"]

@@ -23,13 +23,14 @@ import torch
 import torch.nn.functional as F
 from one_thread import train_on_one_thread
 
+from sctrain.artifacts.best import load_best, save_best
 from sctrain.audio.augment import mixup
 from sctrain.audio.constants import SAMPLE_RATE
 from sctrain.audio.features import feature_shape
 from sctrain.config import Config, ConfigError, ModelConfig, load_config
 from sctrain.inference.loading import load_model
 from sctrain.models.registry import count_parameters, cpu_inference_copy, create_model, get_family, list_models
-from sctrain.training.checkpoint.files import list_states, load_best, load_state, save_best
+from sctrain.training.checkpoint.files import list_states, load_state
 
 REPO = Path(__file__).resolve().parents[1]
 FAMILIES = list_models()

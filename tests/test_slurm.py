@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from sctrain.training.checkpoint.files import list_states, load_best, load_state
+from sctrain.artifacts.best import load_best
+from sctrain.training.checkpoint.files import list_states, load_state
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_LOCAL = Path(__file__).resolve().parents[1].parent / "shared/tools/slurm-local"

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sctrain.artifacts.detector import DetectorRules
 from sctrain.audio.constants import SAMPLE_RATE
 from sctrain.audio.io import read_audio
 from sctrain.cli.streameval import main
@@ -17,7 +18,6 @@ from sctrain.data.pack import load_dataset
 from sctrain.data.speechcommands import KEYWORDS
 from sctrain.data.synthetic import write_synthetic_dataset
 from sctrain.inference.events import Detection, EventDecoder
-from sctrain.inference.rules import DetectorRules
 from sctrain.streameval import build_stream, calibrate, det_curve, evaluate, score_events
 from sctrain.streameval.data import noise_recordings, split_clips
 from sctrain.streameval.posteriors import window_count

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from sctrain.artifacts.best import load_best
 from sctrain.config import config_from_dict, load_config
 from sctrain.models.registry import create_model
-from sctrain.training.checkpoint.files import load_best
 from sctrain.training.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]

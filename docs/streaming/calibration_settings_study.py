@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sctrain.artifacts.detector import DetectorRules
 from sctrain.data.pack import load_dataset
 from sctrain.inference.events import EventDecoder
 from sctrain.inference.loading import load_model
-from sctrain.inference.rules import DetectorRules
 from sctrain.streameval.calibrate import calibrate
 from sctrain.streameval.data import split_stream
 from sctrain.streameval.det import DEFAULT_GRID, sweep_scores

@@ -30,12 +30,12 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from sctrain.artifacts.files import CheckpointError
 from sctrain.audio.constants import CLIP_SAMPLES, SAMPLE_RATE
 from sctrain.audio.io import AudioError
 from sctrain.inference.latency import cpu_name, summarize, time_calls
 from sctrain.inference.loading import LoadedModel, load_model
 from sctrain.models.registry import count_parameters
-from sctrain.training.checkpoint.files import CheckpointError
 from sctrain.utils import first_line
 
 log = logging.getLogger(__name__)

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from sctrain.artifacts.best import save_best
 from sctrain.audio.constants import CLIP_SAMPLES
 from sctrain.audio.features import feature_shape
 from sctrain.audio.frontend import FrontEnd
@@ -36,7 +37,6 @@ from sctrain.config import Config, ConfigError, load_config
 from sctrain.inference.latency import cpu_name, time_calls
 from sctrain.inference.loading import load_model
 from sctrain.models.registry import count_parameters, create_model, list_models
-from sctrain.training.checkpoint.files import save_best
 from sctrain.training.trainer import make_optimizer
 from sctrain.utils import first_line
 

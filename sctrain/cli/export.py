@@ -36,9 +36,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname).1s %(name)s: %(message)s")
+    from sctrain.artifacts.files import CheckpointError
     from sctrain.audio.io import AudioError
     from sctrain.inference.loading import load_model
-    from sctrain.training.checkpoint.files import CheckpointError
 
     try:
         if args.format == "onnx":

@@ -102,10 +102,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname).1s %(name)s: %(message)s")
     import torch
 
+    from sctrain.artifacts.files import CheckpointError
     from sctrain.audio.io import AudioError
     from sctrain.inference.loading import load_model
     from sctrain.inference.predict import predict_file
-    from sctrain.training.checkpoint.files import CheckpointError
 
     torch.set_num_threads(args.threads)
     try:

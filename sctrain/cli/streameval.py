@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname).1s %(name)s: %(message)s")
     import torch
 
+    from sctrain.artifacts.files import CheckpointError
     from sctrain.audio.io import AudioError
     from sctrain.data.speechcommands import DatasetError
     from sctrain.inference.events import EventDecoder
@@ -108,7 +109,6 @@ def main(argv: list[str] | None = None) -> int:
     from sctrain.streameval.evaluate import evaluate
     from sctrain.streameval.posteriors import stream_posteriors
     from sctrain.streameval.report import write_report
-    from sctrain.training.checkpoint.files import CheckpointError
 
     torch.set_num_threads(args.threads)
     progress = not args.json

@@ -112,8 +112,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                   f"{resume_command(argv, cfg)}", file=sys.stderr)
         raise
     except Exception as e:  # noqa: BLE001 - user-facing errors become one line, the rest a traceback
+        from sctrain.artifacts.files import CheckpointError
         from sctrain.data.speechcommands import DatasetError
-        from sctrain.training.checkpoint.files import CheckpointError
         from sctrain.training.distributed import OtherRankFailed
         from sctrain.training.rundir import RunDirError
         from sctrain.training.trainer import TrainingDiverged

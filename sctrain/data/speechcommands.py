@@ -27,6 +27,7 @@ from typing import Optional
 import numpy as np
 import soundfile as sf
 
+from sctrain.artifacts.labels import SILENCE, UNKNOWN
 from sctrain.audio.constants import CLIP_SAMPLES, INT16_SCALE
 from sctrain.audio.io import AudioError, decode_error, read_clip, to_int16
 from sctrain.config import TASKS
@@ -38,12 +39,7 @@ BACKGROUND_DIR = "_background_noise_"
 LIST_FILES = {"validation": "validation_list.txt", "test": "testing_list.txt"}
 SPLITS = ("train", "validation", "test")
 KEYWORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
-UNKNOWN = "_unknown_"
-SILENCE = "_silence_"
 KWS12_LABELS = KEYWORDS + [UNKNOWN, SILENCE]
-# Labels that mean "no keyword here": never a detection, and a long file's answer comes from a window that
-# heard a word when one did.
-FILLER_LABELS = (SILENCE, UNKNOWN)
 
 URLS = {
     "v0.01": "http://download.tensorflow.org/data/speech_commands_v0.01.tar.gz",

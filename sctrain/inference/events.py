@@ -23,8 +23,8 @@ from typing import Union
 import numpy as np
 import torch
 
+from sctrain.artifacts.labels import FILLER_LABELS
 from sctrain.audio.constants import SAMPLE_RATE
-from sctrain.data.speechcommands import FILLER_LABELS
 
 DEFAULT_THRESHOLD = 0.5
 Thresholds = Union[float, Mapping[str, float], Sequence[float], np.ndarray]
@@ -88,7 +88,7 @@ class EventDecoder:
     hear part of it, which may take it for another word). No candidate opens for ``refractory_s`` after an
     event's peak. Windows are ``hop`` samples apart; ``start`` is a window's first stream sample.
     ``filler_gate``: see the module docstring. These defaults are the detector's first rules; the detector
-    and the stream evaluation take theirs from :class:`sctrain.inference.rules.DetectorRules`.
+    and the stream evaluation take theirs from :class:`sctrain.artifacts.detector.DetectorRules`.
     """
 
     def __init__(self, labels: Sequence[str], threshold: Thresholds = DEFAULT_THRESHOLD, smooth: int = 5,

@@ -18,7 +18,7 @@ Output ``logits``: ``float32 [batch, labels]``. The file's metadata (ONNX ``meta
 (JSON ``{keyword: threshold}``: the per-keyword detection thresholds calibrated after training, which
 :class:`sctrain.inference.streaming.StreamingDetector` uses by default; 0.5 each for a checkpoint without
 calibrated ones) and ``sctrain.detector`` (JSON ``{"smooth", "refractory_ms", "filler_gate"}``: the detector
-rules those thresholds hold under, :class:`sctrain.inference.rules.DetectorRules`). After writing, the command
+rules those thresholds hold under, :class:`sctrain.artifacts.detector.DetectorRules`). After writing, the command
 runs the file (ONNX Runtime / ``torch.jit.load``) and PyTorch on real clips and fails, keeping no file, unless
 every argmax agrees and the largest logit difference is within ``--atol``.
 """

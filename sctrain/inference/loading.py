@@ -8,12 +8,13 @@ from pathlib import Path
 
 from torch import nn
 
+from sctrain.artifacts.best import load_best
+from sctrain.artifacts.detector import DetectorRules
+from sctrain.artifacts.files import CheckpointError
 from sctrain.audio.features import LogMel
 from sctrain.config import Config, ConfigError, config_from_dict
-from sctrain.inference.rules import DetectorRules
 from sctrain.models.classifier import AudioClassifier
 from sctrain.models.registry import cpu_inference_copy, create_model
-from sctrain.training.checkpoint.files import CheckpointError, load_best
 
 
 @dataclass

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sctrain.artifacts.labels import FILLER_LABELS
 from sctrain.audio.constants import CLIP_SAMPLES, SAMPLE_RATE
 from sctrain.audio.io import read_source, to_model_rate
-from sctrain.data.speechcommands import FILLER_LABELS
 from sctrain.inference.loading import LoadedModel
 
 # Hop between the 1 s windows of a file longer than 1 s: a word (<= 1 s) lies wholly inside some window

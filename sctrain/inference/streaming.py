@@ -11,7 +11,7 @@ which stays inside the sliding 1 s window for most of a second, gives one event.
 with 5-window smoothing an event was reported about 1.8 s after its clip began (median on the test
 stream; 1.1-3 s); the default 8 windows put the centre of the average 150 ms further back. ``start_s``
 is the start of the window that scored best. The defaults of ``smooth``, ``refractory_ms`` and the gate
-are :class:`sctrain.inference.rules.DetectorRules`, chosen on DET curves (docs/streaming.md).
+are :class:`sctrain.artifacts.detector.DetectorRules`, chosen on DET curves (docs/streaming.md).
 
 Features: by default each window's log-mel is computed whole (:class:`sctrain.audio.features.LogMel`).
 ``incremental=True`` uses :class:`IncrementalLogMel` instead, which keeps the STFT frames that lie wholly
@@ -38,12 +38,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sctrain.artifacts.detector import DetectorRules
+from sctrain.artifacts.labels import FILLER_LABELS
 from sctrain.audio.constants import CLIP_SAMPLES, INT16_SCALE, SAMPLE_RATE
 from sctrain.audio.features import LogMel, normalise_per_clip
-from sctrain.data.speechcommands import FILLER_LABELS
 from sctrain.inference.events import DEFAULT_THRESHOLD, Detection, EventDecoder, Thresholds
 from sctrain.inference.loading import LoadedModel
-from sctrain.inference.rules import DetectorRules
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
+from sctrain.artifacts.labels import FILLER_LABELS, UNKNOWN
 from sctrain.audio.io import read_audio
 from sctrain.data.dataset import PackedDataset
-from sctrain.data.speechcommands import FILLER_LABELS, UNKNOWN
 from sctrain.streameval.stream import LAYOUT, Stream, build_stream
 
 # The stretch of every noise recording each split may use: the one scan_dataset cuts that split's

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from sctrain.data.speechcommands import FILLER_LABELS
+from sctrain.artifacts.labels import FILLER_LABELS
 from sctrain.inference.events import Detection
 from sctrain.streameval.stream import SECTIONS, Stream
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sctrain.artifacts.labels import UNKNOWN
 from sctrain.audio.constants import SAMPLE_RATE
-from sctrain.data.speechcommands import UNKNOWN
 
 INT16_SCALE = 32768.0
 CLIP_S = 1.0

@@ -198,7 +198,7 @@ def sync_buffers(accelerator: Accelerator, model: torch.nn.Module) -> None:
 
 def weight_digest(model: torch.nn.Module) -> dict:
     """SHA-256 of every parameter and buffer (name, dtype, shape, bytes) and of the whole state."""
-    from sctrain.training.checkpoint.files import plain_state_dict
+    from sctrain.artifacts.best import plain_state_dict
     state = plain_state_dict(model)
     total, tensors = hashlib.sha256(), {}
     for name in sorted(state):

@@ -13,10 +13,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from sctrain.artifacts.best import store_thresholds
+from sctrain.artifacts.labels import SILENCE
 from sctrain.audio.io import AudioError
 from sctrain.config import Config
 from sctrain.data.dataset import PackedDataset
-from sctrain.data.speechcommands import SILENCE, DatasetError
+from sctrain.data.speechcommands import DatasetError
 from sctrain.inference.events import EventDecoder
 from sctrain.inference.loading import LoadedModel
 from sctrain.streameval.calibrate import Calibration, calibrate
@@ -25,7 +27,6 @@ from sctrain.streameval.evaluate import evaluate
 from sctrain.streameval.posteriors import stream_posteriors
 from sctrain.streameval.report import write_report
 from sctrain.streameval.scoring import Score
-from sctrain.training.checkpoint.files import store_thresholds
 from sctrain.utils import first_line
 
 log = logging.getLogger(__name__)

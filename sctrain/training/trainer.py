@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from sctrain.artifacts.best import save_best
 from sctrain.audio import cpu_kernels
 from sctrain.audio.augment import mixup
 from sctrain.audio.constants import INT16_SCALE
@@ -357,7 +358,7 @@ class Trainer:
             if improved:
                 p.best_val_acc, p.best_epoch = val.accuracy, epoch
                 if self.is_main:
-                    checkpoint.save_best(self.out / "best_sc.pt", self.raw_model, self.labels, cfg.to_dict(),
+                    save_best(self.out / "best_sc.pt", self.raw_model, self.labels, cfg.to_dict(),
                                          {"val_acc": val.accuracy, "val_loss": val.loss, "epoch": epoch,
                                           "step": p.global_step})
             examples = collect_examples(self.raw_model, self.frontend, self.data.split("validation"), self.labels,
@@ -374,7 +375,7 @@ class Trainer:
             val = self.evaluate("validation")
             p.best_val_acc, p.best_epoch = val.accuracy, max(0, p.epoch - 1)
             if self.is_main:
-                checkpoint.save_best(self.out / "best_sc.pt", self.raw_model, self.labels, cfg.to_dict(),
+                save_best(self.out / "best_sc.pt", self.raw_model, self.labels, cfg.to_dict(),
                                      {"val_acc": val.accuracy, "val_loss": val.loss, "epoch": p.best_epoch,
                                       "step": p.global_step})
         self.accelerator.wait_for_everyone()

@@ -12,6 +12,8 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
+from sctrain.artifacts.best import plain_state_dict
+from sctrain.artifacts.files import CheckpointError
 from sctrain.training.checkpoint import files as checkpoint
 from sctrain.utils import first_line
 
@@ -73,7 +75,7 @@ class Checkpointer:
             payload = {"progress": asdict(progress), "world_size": self.world_size, "global_batch": self.global_batch,
                        "rng": rngs, **(extra or {})}
             for name, part in parts.items():
-                payload[name] = (checkpoint.plain_state_dict(part) if isinstance(part, torch.nn.Module)
+                payload[name] = (plain_state_dict(part) if isinstance(part, torch.nn.Module)
                                  else part.state_dict())
             path = checkpoint.save_state(self.output_dir, progress.global_step, payload, self.keep_last)
             log.info("saved training state %s", path)
@@ -88,14 +90,14 @@ class Checkpointer:
         """Load a state saved by :meth:`save` into ``parts``; returns where to continue."""
         for name, part in parts.items():
             if name not in state:
-                raise checkpoint.CheckpointError(f"{path} lacks '{name}'")
+                raise CheckpointError(f"{path} lacks '{name}'")
             target = getattr(part, "_orig_mod", part)
             target = getattr(target, "module", target)
             try:
                 target.load_state_dict(state[name])
             except (RuntimeError, ValueError, KeyError, TypeError) as e:
                 reason = first_line(e, limit=200)
-                raise checkpoint.CheckpointError(
+                raise CheckpointError(
                     f"{path}: its {name} does not fit this run's config ({reason}); resume it with its own "
                     "config, or start over with train.resume=never or another output_dir") from None
         progress = Progress(**state["progress"])
