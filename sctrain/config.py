@@ -161,78 +161,6 @@ class AugmentConfig:
         _require(self.mixup_alpha > 0, "augment.mixup_alpha", "must be > 0")
 
 
-# ------------------------------------------------------------------------- model families (one section each)
-# A family registered in sctrain.models.registry has its section here, under the same name; tests check
-# that the two lists agree.
-
-@dataclass
-class KWSNetConfig:
-    width: int = doc(32, "channels of the first conv block; blocks use width, 2w, 4w, 8w")
-    dropout: float = doc(0.1, "dropout before the linear head")
-
-    def __post_init__(self) -> None:
-        _require(self.width >= 1, "model.kwsnet.width", f"must be >= 1, got {self.width}")
-        _require_fraction(self.dropout, "model.kwsnet.dropout")
-
-
-@dataclass
-class BCResNetConfig:
-    width: float = doc(1.0, "width multiplier tau of BC-ResNet-tau: 1, 1.5, 2, 3, 6 or 8 in the paper "
-                            "(9.2k-321k params)")
-    sub_bands: int = doc(5, "SubSpectral Normalisation bands; features.n_mels must be divisible by it, and by it x 4")
-    dropout: float = doc(0.1, "channel dropout inside each block (the paper's 0.1)")
-
-    def __post_init__(self) -> None:
-        _require(self.width > 0, "model.bcresnet.width", f"must be > 0, got {self.width}")
-        _require(self.sub_bands >= 1, "model.bcresnet.sub_bands", "must be >= 1")
-        _require_fraction(self.dropout, "model.bcresnet.dropout")
-
-
-@dataclass
-class MatchboxNetConfig:
-    blocks: int = doc(3, "B of MatchboxNet BxRxC: residual blocks (3 or 6 in the paper)")
-    repeats: int = doc(2, "R: time-channel separable sub-blocks per block (1 or 2)")
-    channels: int = doc(64, "C: channels of the blocks (64)")
-    dropout: float = doc(0.0, "dropout after each sub-block")
-
-    def __post_init__(self) -> None:
-        for name in ("blocks", "repeats", "channels"):
-            _require(getattr(self, name) >= 1, f"model.matchboxnet.{name}", "must be >= 1")
-        _require_fraction(self.dropout, "model.matchboxnet.dropout")
-
-
-@dataclass
-class TCResNetConfig:
-    depth: int = doc(8, "TC-ResNet8 or TC-ResNet14")
-    width_multiplier: float = doc(1.0, "channel multiplier k of TC-ResNet-k (1 or 1.5 in the paper)")
-    dropout: float = doc(0.5, "dropout before the linear head (the reference's 0.5)")
-
-    def __post_init__(self) -> None:
-        _require(self.depth in (8, 14), "model.tcresnet.depth", f"must be 8 or 14, got {self.depth}")
-        _require(self.width_multiplier > 0, "model.tcresnet.width_multiplier", "must be > 0")
-        _require_fraction(self.dropout, "model.tcresnet.dropout")
-
-
-@dataclass
-class DSCNNConfig:
-    size: str = doc("S", "Hello Edge DS-CNN size: S, M or L (23k, 137k, 414k params)")
-    dropout: float = doc(0.0, "dropout before the linear head")
-
-    def __post_init__(self) -> None:
-        _require(self.size in ("S", "M", "L"), "model.dscnn.size", f"must be S, M or L, got {self.size!r}")
-        _require_fraction(self.dropout, "model.dscnn.dropout")
-
-
-@dataclass
-class KWTConfig:
-    size: int = doc(1, "Keyword Transformer KWT-1, -2 or -3 (607k, 2.4M, 5.4M params)")
-    dropout: float = doc(0.0, "dropout inside the encoder layers")
-
-    def __post_init__(self) -> None:
-        _require(self.size in (1, 2, 3), "model.kwt.size", f"must be 1, 2 or 3, got {self.size}")
-        _require_fraction(self.dropout, "model.kwt.dropout")
-
-
 class _Sections:
     """Fills every nested section left unset with its defaults (a dataclass mixin)."""
 
@@ -242,21 +170,53 @@ class _Sections:
                 setattr(self, f.name, _field_type(type(self), f)())
 
 
-@dataclass
-class ModelConfig(_Sections):
-    name: str = doc("kwsnet", "model family (python -m sctrain --list-models); its settings are in model.<name>")
-    kwsnet: KWSNetConfig = doc(None, "the seed's CNN: four 3x3 conv blocks, global average pool, linear head")
-    bcresnet: BCResNetConfig = doc(None, "BC-ResNet (Kim et al. 2021): broadcasted residual blocks, SubSpectral Norm")
-    matchboxnet: MatchboxNetConfig = doc(None, "MatchboxNet (Majumdar & Ginsburg 2020): 1-D time-channel "
-                                               "separable convolutions")
-    tcresnet: TCResNetConfig = doc(None, "TC-ResNet (Choi et al. 2019): temporal convolutions, features as channels")
-    dscnn: DSCNNConfig = doc(None, "DS-CNN (Zhang et al. 2017, Hello Edge): depthwise-separable CNN")
-    kwt: KWTConfig = doc(None, "Keyword Transformer (Berg et al. 2021): a ViT over time-frame patches")
+# ------------------------------------------------------------------------- model families (one section each)
+# Each family's section is a dataclass in the family's own module (sctrain/models/<name>.py), registered with
+# it. ModelConfig is made from the registry when first needed rather than at import: the family modules import
+# this one for doc() and the checks, and sctrain.models.registry imports the family modules.
+
+DEFAULT_MODEL = "kwsnet"
+
+
+class _ModelSections(_Sections):
+    """ModelConfig's behaviour; its fields (name, then one section per registered family) are made below."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         families = [f.name for f in dataclasses.fields(self) if f.name != "name"]
         _require(self.name in families, "model.name", f"must be one of {', '.join(families)}, got {self.name!r}")
+
+
+_model_config: dict = {}  # the registered families (names and sections) -> the ModelConfig made for them
+
+
+def model_config_class() -> type:
+    """``ModelConfig``: ``name`` and a section ``<family>`` of each registered family's config dataclass."""
+    from sctrain.models.registry import get_family, list_models
+
+    families = [get_family(name) for name in list_models()]
+    key = tuple((f.name, f.config) for f in families)
+    if key not in _model_config:
+        name = ("name", str, doc(DEFAULT_MODEL, "model family (python -m sctrain --list-models); its settings are "
+                                                "in model.<name>"))
+        sections = [(f.name, f.config, doc(None, (f.doc.splitlines() or [f.name])[0])) for f in families]
+        cls = dataclasses.make_dataclass("ModelConfig", [name, *sections], bases=(_ModelSections,))
+        cls.__module__, cls.__doc__ = __name__, "The network: its family (``name``) and every family's settings."
+        _model_config[key] = cls
+    return _model_config[key]
+
+
+def __getattr__(name: str) -> Any:
+    """``ModelConfig``, and the family sections under the names they had when they lived here (``KWSNetConfig``)."""
+    if name == "ModelConfig":
+        return model_config_class()
+    if name.endswith("Config") and not name.startswith("_"):
+        from sctrain.models.registry import get_family, list_models
+
+        for family in map(get_family, list_models()):
+            if family.config.__name__ == name:
+                return family.config
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -394,7 +354,9 @@ class Config(_Sections):
     data: DataConfig = doc(None, "dataset location, label set and loading", init=True)
     features: FeatureConfig = doc(None, "log-mel front end (runs on the training device)")
     augment: AugmentConfig = doc(None, "training-only augmentation (runs on the training device)")
-    model: ModelConfig = doc(None, "the network: its family and that family's settings")
+    # A call, not a name: get_type_hints evaluates it when the types are first asked for, once the model
+    # families can be imported (see model_config_class).
+    model: model_config_class() = doc(None, "the network: its family and that family's settings")
     train: TrainConfig = doc(None, "optimisation, precision, balance, checkpointing")
     tracking: TrackingConfig = doc(None, "Weights & Biases and the local report")
     latency: LatencyConfig = doc(None, "end-of-run inference latency of the best checkpoint (python -m sctrain.bench "

@@ -4,7 +4,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+import sctrain.config
 from sctrain.config import ConfigError, config_from_dict, describe, dump_config, load_config
+from sctrain.models.kwsnet import KWSNetConfig
+from sctrain.models.registry import list_models
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,3 +84,34 @@ def test_every_field_is_documented():
         if line.strip().startswith(("train.", "data.", "model.", "augment.")) and " = " in line:
             continue
     assert "None\n      \n" not in text
+
+
+def test_family_sections_keep_their_keys_and_errors(tmp_path):
+    """model.<family> sections come from the registry and are as strict as the rest of the tree."""
+    cfg = load_config(None, ["model.name=kwt", "model.kwt.size=2", "model.bcresnet.width=1.5"])
+    assert (cfg.model.name, cfg.model.kwt.size, cfg.model.bcresnet.width) == ("kwt", 2, 1.5)
+    with pytest.raises(ConfigError, match=r"^unknown config key 'model.kwt.dim' \(did you mean"):
+        load_config(None, ["model.kwt.dim=3"])
+    with pytest.raises(ConfigError, match=r"^config key 'model.kwt.size': must be 1, 2 or 3, got 4$"):
+        load_config(None, ["model.kwt.size=4"])
+    with pytest.raises(ConfigError, match=r"^config key 'model.kwsnet' is a section"):
+        load_config(None, ["model.kwsnet=3"])
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  dscnn:\n    size: M\n    widht: 2\n")
+    with pytest.raises(ConfigError, match=r"^unknown config key 'model.dscnn.widht'"):
+        load_config(path)
+    assert "\nmodel.kwsnet: " in describe() and "  model.kwsnet.width = 32\n" in describe()
+
+
+def test_saved_model_section_layout():
+    """config.yaml's model section: the family name, then every family's section with plain values."""
+    saved = load_config(REPO / "configs" / "debug.yaml").to_dict()["model"]
+    assert list(saved) == ["name", *list_models()]
+    assert saved["kwsnet"] == {"width": 16, "dropout": 0.1}
+    assert yaml.safe_load(yaml.safe_dump(saved)) == saved  # plain YAML: no Python tags
+
+
+def test_family_sections_keep_their_old_import_names():
+    assert sctrain.config.KWSNetConfig is KWSNetConfig
+    with pytest.raises(AttributeError):
+        sctrain.config.NoSuchConfig  # noqa: B018

@@ -6,9 +6,9 @@ import torch
 
 from sctrain.audio.constants import frames_per_clip
 from sctrain.audio.features import LogMel
-from sctrain.config import FeatureConfig, KWSNetConfig, ModelConfig
+from sctrain.config import FeatureConfig, ModelConfig
 from sctrain.models.classifier import AudioClassifier
-from sctrain.models.kwsnet import KWSNet
+from sctrain.models.kwsnet import KWSNet, KWSNetConfig
 from sctrain.models.registry import count_parameters, create_model
 
 

@@ -4,35 +4,35 @@ Conv->BN folding. Small sizes and few frames keep the whole file fast on one CPU
 from __future__ import annotations
 
 import copy
+import dataclasses
+import sys
 
 import pytest
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from sctrain.models import bcresnet, dscnn, kwt, matchboxnet, tcresnet
+from sctrain.audio.features import feature_shape
+from sctrain.config import FeatureConfig
+from sctrain.models import bcresnet, kwt
 from sctrain.models.bcresnet import SubSpectralNorm
+from sctrain.models.registry import get_family, list_models
 
 NUM_CLASSES = 7  # not 12, so a head size hard-coded to the paper's label count would show
+FRAMES = 32  # fewer than a clip's 101: every family at its registered tiny size (test_size) stays fast
+FAMILIES = list_models()
 
-# family -> (module, class, small constructor kwargs, input [F, T]); the sizes exercise every block type
-# (BC-ResNet transition + identity blocks, MatchboxNet repeats > 1, TC-ResNet strided + identity blocks).
-FAMILIES = {
-    "bcresnet": (bcresnet, bcresnet.BCResNet, {"width": 1.0}, (40, 32)),
-    "matchboxnet": (matchboxnet, matchboxnet.MatchboxNet,
-                    {"blocks": 2, "repeats": 2, "channels": 16, "outer_channels": 24}, (16, 32)),
-    "tcresnet": (tcresnet, tcresnet.TCResNet, {"depth": 14, "width_multiplier": 0.5}, (20, 32)),
-    "dscnn": (dscnn, dscnn.DSCNN, {"size": "M", "channels": 16}, (10, 25)),
-    "kwt": (kwt, kwt.KWT, {"dim": 16, "depth": 2, "heads": 2, "mlp_dim": 32}, (20, 32)),
-}
-EXPECTED_VARIANTS = {
-    "bcresnet": {"1", "1.5", "2", "3", "6", "8"},
-    "matchboxnet": {"3x1x64", "3x2x64", "6x2x64"},
-    "tcresnet": {"8", "8-1.5", "14", "14-1.5"},
-    "dscnn": {"S", "M", "L"},
-    "kwt": {"1", "2", "3"},
-}
-PAPER_VARIANTS = [(name, v) for name, (mod, *_) in FAMILIES.items() for v in mod.PAPER]
+
+def _paper(family: str) -> dict:
+    """The family module's PAPER table (variant -> the paper's figures), where it has one."""
+    return getattr(sys.modules[get_family(family).build.__module__], "PAPER", {})
+
+
+def _n_features(family: str) -> int:
+    return feature_shape(FeatureConfig(**get_family(family).features))[0]
+
+
+PAPER_VARIANTS = [(name, v) for name in FAMILIES for v in _paper(name)]
 
 
 @pytest.fixture(autouse=True)
@@ -43,12 +43,12 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def _build(family: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
-    """The family's small model (with non-trivial BN statistics, so folding/eval paths are really tested)
-    and a batch of 3 inputs."""
-    _, cls, kwargs, (n_features, frames) = FAMILIES[family]
+def _build(family: str, seed: int = 0, frames: int = FRAMES) -> tuple[nn.Module, torch.Tensor]:
+    """The family's tiny model at its paper's feature size (with non-trivial BN statistics, so folding/eval
+    paths are really tested) and a batch of 3 inputs."""
+    registered, n_features = get_family(family), _n_features(family)
     torch.manual_seed(seed)
-    model = cls(NUM_CLASSES, n_features, frames, **kwargs)
+    model = registered.build(registered.config(**registered.test_size), NUM_CLASSES, n_features, frames)
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.running_mean.uniform_(-0.5, 0.5)
@@ -66,23 +66,48 @@ def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-4) -> None:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_variants_paper_and_features_tables(family):
-    mod, cls, *_ = FAMILIES[family]
-    assert set(mod.VARIANTS) == EXPECTED_VARIANTS[family]
-    assert set(mod.PAPER) <= set(mod.VARIANTS)
-    assert all(entry["params"] > 0 for entry in mod.PAPER.values())
-    assert {"n_mels", "n_fft", "win_length", "hop_length"} <= set(mod.FEATURES)
-    assert getattr(mod, cls.__name__) is cls
+    registered = get_family(family)
+    assert set(_paper(family)) <= set(registered.variants)  # every figure from a paper names a variant
+    assert all(entry["params"] > 0 for entry in _paper(family).values())
+    assert set(registered.features) <= {f.name for f in dataclasses.fields(FeatureConfig)}
+    for values in registered.variants.values():  # a variant is a valid setting of the family's section
+        registered.config(**values)
 
 
 @pytest.mark.parametrize(("family", "variant"), PAPER_VARIANTS)
 def test_paper_parameter_counts_within_5_percent(family, variant):
     """Constructed only: 12 labels and the paper's feature size, trainable parameters (BN buffers excluded)."""
-    mod, cls, *_ = FAMILIES[family]
-    paper = mod.PAPER[variant]
-    n_features = mod.FEATURES.get("n_mfcc", mod.FEATURES["n_mels"])
-    model = cls(12, n_features, paper.get("frames", 101), **mod.VARIANTS[variant])
+    registered, paper = get_family(family), _paper(family)[variant]
+    model = registered.build(registered.config(**registered.variants[variant]), 12, _n_features(family),
+                             paper.get("frames", 101))
     count = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert abs(count / paper["params"] - 1) < 0.05, f"{family}-{variant}: {count} vs paper {paper['params']}"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_input_kind(family):
+    """'image' families start with a 2-D conv, 'channels' ones with a 1-D conv over the features as channels;
+    those two pool globally and take any number of frames, a 'tokens' family only the frames it was built for."""
+    model, x = _build(family)
+    model.eval()
+    kind, convs = get_family(family).input, [m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d))]
+    if kind == "image":
+        assert isinstance(convs[0], nn.Conv2d)
+    elif kind == "channels":
+        assert isinstance(convs[0], nn.Conv1d) and convs[0].in_channels == x.shape[2]
+    longer = torch.randn(2, 1, x.shape[2], FRAMES + 8)
+    with torch.no_grad():
+        if kind == "tokens":
+            with pytest.raises(RuntimeError):
+                model(longer)
+        else:
+            assert model(longer).shape == (2, NUM_CLASSES)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batchnorm_trait(family):
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in _build(family)[0].modules())
+    assert has_bn == get_family(family).batchnorm
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -173,7 +198,7 @@ def _fold_adjacent_conv_bn(model: nn.Module) -> int:
     return folded
 
 
-@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "kwt"])
+@pytest.mark.parametrize("family", [f for f in FAMILIES if get_family(f).batchnorm])
 def test_every_batchnorm_follows_its_conv_in_a_sequential_and_folds(family):
     model, x = _build(family)
     model.eval()

@@ -88,9 +88,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(describe())
         return 0
     if args.list_models:
-        from sctrain.models.registry import get_family, list_models
-        for name in list_models():
-            print(f"  {name:<12} {get_family(name).doc.splitlines()[0] if get_family(name).doc else ''}")
+        from sctrain.models.registry import describe_models
+        print(describe_models())
         return 0
     cfg = None
     try:

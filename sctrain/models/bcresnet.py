@@ -8,8 +8,11 @@ channel count multiplied by tau.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor, nn
 
+from sctrain.config import _require, _require_fraction, doc
 from sctrain.models.folding import FoldedNet
 from sctrain.models.registry import register_model
 
@@ -148,7 +151,21 @@ class BCResNet(nn.Module):
         return self.head(self.head_dropout(x))
 
 
-@register_model("bcresnet", cpu_copy=FoldedNet, test_size={"width": 1.0}, features=FEATURES)
+@dataclass
+class BCResNetConfig:
+    width: float = doc(1.0, "width multiplier tau of BC-ResNet-tau: 1, 1.5, 2, 3, 6 or 8 in the paper "
+                            "(9.2k-321k params)")
+    sub_bands: int = doc(5, "SubSpectral Normalisation bands; features.n_mels must be divisible by it, and by it x 4")
+    dropout: float = doc(0.1, "channel dropout inside each block (the paper's 0.1)")
+
+    def __post_init__(self) -> None:
+        _require(self.width > 0, "model.bcresnet.width", f"must be > 0, got {self.width}")
+        _require(self.sub_bands >= 1, "model.bcresnet.sub_bands", "must be >= 1")
+        _require_fraction(self.dropout, "model.bcresnet.dropout")
+
+
+@register_model("bcresnet", config=BCResNetConfig, cpu_copy=FoldedNet, variants=VARIANTS, test_size={"width": 1.0},
+                features=FEATURES)
 def build_bcresnet(cfg, num_classes: int, n_features: int, frames: int) -> BCResNet:
     """BC-ResNet (Kim et al. 2021): broadcasted residual blocks with SubSpectral Normalisation."""
     return BCResNet(num_classes, n_features, frames, width=cfg.width, dropout=cfg.dropout, sub_bands=cfg.sub_bands)

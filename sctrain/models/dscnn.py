@@ -8,8 +8,11 @@ microcontrollers with ~80 KB / 200 KB / 500 KB of memory.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor, nn
 
+from sctrain.config import _require, _require_fraction, doc
 from sctrain.models.folding import FoldedChannelsLastNet
 from sctrain.models.init import xavier_uniform
 from sctrain.models.registry import register_model
@@ -95,7 +98,18 @@ class DSCNN(nn.Module):
         return self.head(self.head_dropout(self.features(x)))
 
 
-@register_model("dscnn", cpu_copy=FoldedChannelsLastNet, test_size={"size": "S"}, features=FEATURES)
+@dataclass
+class DSCNNConfig:
+    size: str = doc("S", "Hello Edge DS-CNN size: S, M or L (23k, 137k, 414k params)")
+    dropout: float = doc(0.0, "dropout before the linear head")
+
+    def __post_init__(self) -> None:
+        _require(self.size in ("S", "M", "L"), "model.dscnn.size", f"must be S, M or L, got {self.size!r}")
+        _require_fraction(self.dropout, "model.dscnn.dropout")
+
+
+@register_model("dscnn", config=DSCNNConfig, cpu_copy=FoldedChannelsLastNet, variants=VARIANTS, test_size={"size": "S"},
+                features=FEATURES)
 def build_dscnn(cfg, num_classes: int, n_features: int, frames: int) -> DSCNN:
     """DS-CNN S/M/L (Zhang et al. 2017, Hello Edge): depthwise-separable 2-D CNN."""
     return DSCNN(num_classes, n_features, frames, size=cfg.size, dropout=cfg.dropout)

@@ -1,8 +1,11 @@
 """``kwsnet``: the seed's keyword-spotting CNN (four 3x3 conv blocks), the default model family."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor, nn
 
+from sctrain.config import _require, _require_fraction, doc
 from sctrain.models.folding import FoldedChannelsLastNet
 from sctrain.models.registry import register_model
 
@@ -52,7 +55,17 @@ class KWSNet(nn.Module):
         return self.head(self.dropout(x))
 
 
-@register_model("kwsnet", cpu_copy=FoldedChannelsLastNet, test_size={"width": 4})
+@dataclass
+class KWSNetConfig:
+    width: int = doc(32, "channels of the first conv block; blocks use width, 2w, 4w, 8w")
+    dropout: float = doc(0.1, "dropout before the linear head")
+
+    def __post_init__(self) -> None:
+        _require(self.width >= 1, "model.kwsnet.width", f"must be >= 1, got {self.width}")
+        _require_fraction(self.dropout, "model.kwsnet.dropout")
+
+
+@register_model("kwsnet", config=KWSNetConfig, cpu_copy=FoldedChannelsLastNet, test_size={"width": 4})
 def build_kwsnet(cfg, num_classes: int, n_features: int, frames: int) -> KWSNet:  # noqa: ARG001 - pools globally
     """The seed's CNN: four 3x3 conv blocks (width, 2w, 4w, 8w), global average pool, linear head."""
     return KWSNet(num_classes, width=cfg.width, dropout=cfg.dropout)

@@ -9,14 +9,17 @@ state goes to a linear classifier.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from sctrain.config import _require, _require_fraction, doc
 from sctrain.models.folding import PlainNet
 from sctrain.models.registry import register_model
 
-VARIANTS: dict[str, dict] = {
+# The encoder of each released size: KWT-<size>.
+SIZES: dict[str, dict] = {
     "1": {"dim": 64, "depth": 12, "heads": 1, "mlp_dim": 256},
     "2": {"dim": 128, "depth": 12, "heads": 2, "mlp_dim": 512},
     "3": {"dim": 192, "depth": 12, "heads": 3, "mlp_dim": 768},
@@ -119,7 +122,18 @@ class KWT(nn.Module):
         return self.head(self.head_dropout(x))
 
 
-@register_model("kwt", cpu_copy=PlainNet, test_size={"size": 1}, features=FEATURES)
+@dataclass
+class KWTConfig:
+    size: int = doc(1, "Keyword Transformer KWT-1, -2 or -3 (607k, 2.4M, 5.4M params)")
+    dropout: float = doc(0.0, "dropout inside the encoder layers")
+
+    def __post_init__(self) -> None:
+        _require(self.size in (1, 2, 3), "model.kwt.size", f"must be 1, 2 or 3, got {self.size}")
+        _require_fraction(self.dropout, "model.kwt.dropout")
+
+
+@register_model("kwt", config=KWTConfig, cpu_copy=PlainNet, variants={size: {"size": int(size)} for size in SIZES},
+                batchnorm=False, input="tokens", test_size={"size": 1}, features=FEATURES)
 def build_kwt(cfg, num_classes: int, n_features: int, frames: int) -> KWT:
     """Keyword Transformer KWT-1/2/3 (Berg et al. 2021): a ViT over time-frame patches."""
-    return KWT(num_classes, n_features, frames, **VARIANTS[str(cfg.size)], dropout=cfg.dropout)
+    return KWT(num_classes, n_features, frames, **SIZES[str(cfg.size)], dropout=cfg.dropout)

@@ -10,9 +10,11 @@ two epilogue convs, and a global average pool before the linear classifier.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from sctrain.config import _require, _require_fraction, doc
 from sctrain.models.folding import FoldedNet
 from sctrain.models.init import xavier_uniform
 from sctrain.models.registry import register_model
@@ -121,8 +123,21 @@ class MatchboxNet(nn.Module):
         return self.head(self.head_dropout(self.pool(x).flatten(1)))
 
 
-@register_model("matchboxnet", cpu_copy=FoldedNet, test_size={"blocks": 1, "repeats": 1, "channels": 8},
-                features=FEATURES)
+@dataclass
+class MatchboxNetConfig:
+    blocks: int = doc(3, "B of MatchboxNet BxRxC: residual blocks (3 or 6 in the paper)")
+    repeats: int = doc(2, "R: time-channel separable sub-blocks per block (1 or 2)")
+    channels: int = doc(64, "C: channels of the blocks (64)")
+    dropout: float = doc(0.0, "dropout after each sub-block")
+
+    def __post_init__(self) -> None:
+        for name in ("blocks", "repeats", "channels"):
+            _require(getattr(self, name) >= 1, f"model.matchboxnet.{name}", "must be >= 1")
+        _require_fraction(self.dropout, "model.matchboxnet.dropout")
+
+
+@register_model("matchboxnet", config=MatchboxNetConfig, cpu_copy=FoldedNet, variants=VARIANTS, input="channels",
+                test_size={"blocks": 1, "repeats": 2, "channels": 8}, features=FEATURES)
 def build_matchboxnet(cfg, num_classes: int, n_features: int, frames: int) -> MatchboxNet:
     """MatchboxNet BxRxC (Majumdar & Ginsburg 2020): 1-D time-channel separable convolutions."""
     return MatchboxNet(num_classes, n_features, frames, blocks=cfg.blocks, repeats=cfg.repeats, channels=cfg.channels,

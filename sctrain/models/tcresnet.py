@@ -7,8 +7,11 @@ sees the whole spectrum and a shallow ResNet reaches a large receptive field wit
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor, nn
 
+from sctrain.config import _require, _require_fraction, doc
 from sctrain.models.folding import FoldedNet
 from sctrain.models.init import xavier_uniform
 from sctrain.models.registry import register_model
@@ -91,7 +94,20 @@ class TCResNet(nn.Module):
         return self.head(self.head_dropout(self.pool(x).flatten(1)))
 
 
-@register_model("tcresnet", cpu_copy=FoldedNet, test_size={"width_multiplier": 0.25}, features=FEATURES)
+@dataclass
+class TCResNetConfig:
+    depth: int = doc(8, "TC-ResNet8 or TC-ResNet14")
+    width_multiplier: float = doc(1.0, "channel multiplier k of TC-ResNet-k (1 or 1.5 in the paper)")
+    dropout: float = doc(0.5, "dropout before the linear head (the reference's 0.5)")
+
+    def __post_init__(self) -> None:
+        _require(self.depth in (8, 14), "model.tcresnet.depth", f"must be 8 or 14, got {self.depth}")
+        _require(self.width_multiplier > 0, "model.tcresnet.width_multiplier", "must be > 0")
+        _require_fraction(self.dropout, "model.tcresnet.dropout")
+
+
+@register_model("tcresnet", config=TCResNetConfig, cpu_copy=FoldedNet, variants=VARIANTS, input="channels",
+                test_size={"depth": 14, "width_multiplier": 0.25}, features=FEATURES)
 def build_tcresnet(cfg, num_classes: int, n_features: int, frames: int) -> TCResNet:
     """TC-ResNet8/14 (Choi et al. 2019): temporal convolutions over the features as channels."""
     return TCResNet(num_classes, n_features, frames, depth=cfg.depth, width_multiplier=cfg.width_multiplier,
