@@ -1,10 +1,11 @@
-"""Shared fixtures: a small generated dataset and the real-clip mini dataset."""
+"""Shared fixtures: a small generated dataset, the real-clip mini dataset and a model trained on it."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
-from one_thread import train_on_one_thread
+from support import REPO, SHARED, train_on_one_thread
 
 from sctrain.data.synthetic import write_synthetic_dataset
 
@@ -28,10 +29,16 @@ def synthetic_root(tmp_path_factory) -> Path:
     return write_synthetic_dataset(tmp_path_factory.mktemp("synthetic") / "sc", words=6, per_word=20, seed=0)
 
 
+@pytest.fixture
+def synthetic_copy(synthetic_root, tmp_path) -> Path:
+    """A private copy of the generated dataset, to change or damage (its pack cache left behind)."""
+    return Path(shutil.copytree(synthetic_root, tmp_path / "sc", ignore=shutil.ignore_patterns(".sctrain_cache")))
+
+
 @pytest.fixture(scope="session")
 def mini_root() -> Path:
     """1,192 real Speech Commands clips (8 words), read-only; skipped where the shared copy is absent."""
-    root = Path(__file__).resolve().parents[1].parent / "shared/data/speech_commands_mini"
+    root = SHARED / "data/speech_commands_mini"
     if not root.is_dir():
         pytest.skip(f"real-clip mini dataset not found at {root}")
     return root
@@ -59,8 +66,16 @@ def trained_checkpoint(mini_root, tmp_path_factory) -> Path:
     from sctrain.config import load_config
 
     out = tmp_path_factory.mktemp("infer_model")
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs/debug.yaml",
+    cfg = load_config(REPO / "configs/debug.yaml",
                       [f"data.root={mini_root}", f"data.cache_dir={out / 'cache'}", f"output_dir={out / 'run'}",
                        *INFER_MODEL_OVERRIDES])
     train_on_one_thread(cfg)
     return out / "run" / "best_sc.pt"
+
+
+@pytest.fixture(scope="module")
+def model(trained_checkpoint):
+    """The trained checkpoint loaded for inference, once per test module."""
+    from sctrain.inference.loading import load_model
+
+    return load_model(trained_checkpoint)

@@ -5,15 +5,14 @@ the front end and the recipe together, not memorisation. configs/mini.yaml is tu
 has the measurements: 82-85 % over three seeds), so a drop below 75 % means something broke, not bad luck.
 """
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from support import REPO
 
 from sctrain.config import load_config
 from sctrain.training.trainer import train
 
-REPO = Path(__file__).resolve().parents[1]
 MIN_TEST_ACC = 0.75
 
 

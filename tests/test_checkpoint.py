@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import REPO
 
 from sctrain.artifacts import best
 from sctrain.artifacts import files as artifact_files
@@ -21,8 +22,6 @@ from sctrain.artifacts.files import CheckpointError
 from sctrain.training.checkpoint import files as checkpoint
 from sctrain.training.checkpoint.policy import Checkpointer, Progress
 from sctrain.training.stopping import GracefulStop
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_parts(seed: int = 0):

@@ -1,15 +1,13 @@
 """Config tree: strict keys, typed overrides, one-line errors, every shipped config loads."""
-from pathlib import Path
 
 import pytest
 import yaml
+from support import REPO
 
 import sctrain.config
 from sctrain.config import ConfigError, config_from_dict, describe, dump_config, load_config
 from sctrain.models.kwsnet import KWSNetConfig
 from sctrain.models.registry import list_models
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)

@@ -57,11 +57,6 @@ def archive(tmp_path) -> tuple[Path, str]:
     return path, _tar_gz(_tiny_layout(tmp_path / "src"), path)
 
 
-@pytest.fixture
-def synth_copy(synthetic_root, tmp_path) -> Path:
-    return Path(shutil.copytree(synthetic_root, tmp_path / "sc", ignore=shutil.ignore_patterns(".sctrain_cache")))
-
-
 THREE = ["yes", "no", "up"]  # keywords of the 6-word synthetic set: the other three are _unknown_
 
 
@@ -260,11 +255,11 @@ def test_kws12_needs_every_keyword_folder(synthetic_root):
     assert "\n" not in str(e.value)
 
 
-def test_list_file_naming_missing_clips_warns(synth_copy, caplog):
-    with open(synth_copy / "validation_list.txt", "a") as f:
+def test_list_file_naming_missing_clips_warns(synthetic_copy, caplog):
+    with open(synthetic_copy / "validation_list.txt", "a") as f:
         f.write("yes/gone_nohash_0.wav\nno/gone_nohash_0.wav\n")
     with caplog.at_level(logging.WARNING):
-        scan_dataset(synth_copy, "all")
+        scan_dataset(synthetic_copy, "all")
     assert "validation_list.txt names 2 clips missing" in caplog.text
 
 
@@ -276,14 +271,14 @@ def test_no_word_folders_is_an_error(tmp_path):
 
 # ----------------------------------------------------------------------------------------- packing
 
-def test_pack_shapes_labels_padding_and_background(synth_copy):
-    short = synth_copy / "yes" / "0000beef_nohash_0.wav"
+def test_pack_shapes_labels_padding_and_background(synthetic_copy):
+    short = synthetic_copy / "yes" / "0000beef_nohash_0.wav"
     _wav(short, np.arange(1, 9601))  # 0.6 s: zero-padded
-    long = synth_copy / "no" / "0000beef_nohash_0.wav"
+    long = synthetic_copy / "no" / "0000beef_nohash_0.wav"
     _wav(long, np.arange(24000) % 3000)  # 1.5 s: trimmed
-    index = scan_dataset(synth_copy, "all")
+    index = scan_dataset(synthetic_copy, "all")
     data = pack_dataset(index, progress=False)
-    assert data.cache_dir.parent == synth_copy / ".sctrain_cache" and data.cache_dir.name.startswith("all-")
+    assert data.cache_dir.parent == synthetic_copy / ".sctrain_cache" and data.cache_dir.name.startswith("all-")
     assert data.labels == index.labels and data.skipped == []
     for name, clips in index.splits.items():
         split = data.split(name)
@@ -303,48 +298,48 @@ def test_pack_shapes_labels_padding_and_background(synth_copy):
     np.testing.assert_allclose(data.background[1], first[8000:24000])
 
 
-def test_pack_cache_is_reused_and_invalidated(synth_copy, caplog, monkeypatch):
-    first = pack_dataset(scan_dataset(synth_copy, "all"), progress=False)
+def test_pack_cache_is_reused_and_invalidated(synthetic_copy, caplog, monkeypatch):
+    first = pack_dataset(scan_dataset(synthetic_copy, "all"), progress=False)
     with monkeypatch.context() as m, caplog.at_level(logging.INFO):
         m.setattr(pack_module, "decode_into", lambda *a: pytest.fail("decoded again"))
-        again = pack_dataset(scan_dataset(synth_copy, "all"), progress=False)
+        again = pack_dataset(scan_dataset(synthetic_copy, "all"), progress=False)
     assert again.cache_dir == first.cache_dir and "reusing packed dataset" in caplog.text
     changed = first.split("train").files[0]
-    _wav(synth_copy / changed, np.full(16000, 7))
-    repacked = pack_dataset(scan_dataset(synth_copy, "all"), progress=False)
+    _wav(synthetic_copy / changed, np.full(16000, 7))
+    repacked = pack_dataset(scan_dataset(synthetic_copy, "all"), progress=False)
     assert repacked.cache_dir != first.cache_dir
     assert (repacked.split("train").audio[0] == 7).all()
-    kws = pack_dataset(scan_dataset(synth_copy, "keywords", keywords=THREE), progress=False)  # task, options keyed
+    kws = pack_dataset(scan_dataset(synthetic_copy, "keywords", keywords=THREE), progress=False)  # task, options keyed
     assert kws.cache_dir.name.startswith("keywords-") and kws.labels == [*THREE, "_unknown_", "_silence_"]
 
 
-def test_a_repacked_source_removes_the_older_cache_unless_a_job_reads_it(synth_copy, caplog):
-    old = pack_dataset(scan_dataset(synth_copy, "all"), progress=False)
+def test_a_repacked_source_removes_the_older_cache_unless_a_job_reads_it(synthetic_copy, caplog):
+    old = pack_dataset(scan_dataset(synthetic_copy, "all"), progress=False)
     old_dir, changed = old.cache_dir, old.split("train").files[:2]
-    kws = pack_dataset(scan_dataset(synth_copy, "keywords", keywords=THREE), progress=False)  # not superseded
+    kws = pack_dataset(scan_dataset(synthetic_copy, "keywords", keywords=THREE), progress=False)  # not superseded
     del old  # no job reads it any more
-    _wav(synth_copy / changed[0], np.full(16000, 7))
+    _wav(synthetic_copy / changed[0], np.full(16000, 7))
     with caplog.at_level(logging.INFO):
-        new = pack_dataset(scan_dataset(synth_copy, "all"), progress=False)
+        new = pack_dataset(scan_dataset(synthetic_copy, "all"), progress=False)
     assert not old_dir.exists() and f"removed the older packed cache {old_dir}" in caplog.text
     assert kws.cache_dir.is_dir() and (new.split("train").audio[0] == 7).all()
     assert not list(old_dir.parent.glob(".*stale*"))
     # `new` is still open here, as in a running job: the next repack keeps it.
-    _wav(synth_copy / changed[1], np.full(16000, 9))
+    _wav(synthetic_copy / changed[1], np.full(16000, 9))
     with caplog.at_level(logging.INFO):
-        newer = pack_dataset(scan_dataset(synth_copy, "all"), progress=False)
+        newer = pack_dataset(scan_dataset(synthetic_copy, "all"), progress=False)
     assert new.cache_dir.is_dir() and f"kept the older packed cache {new.cache_dir}" in caplog.text
     assert (new.split("train").audio[0] == 7).all() and (newer.split("train").audio[1] == 9).all()
 
 
-def test_corrupt_clip_is_named_or_skipped(synth_copy, caplog):
-    bad = synth_copy / "left" / "0000dead_nohash_0.wav"
+def test_corrupt_clip_is_named_or_skipped(synthetic_copy, caplog):
+    bad = synthetic_copy / "left" / "0000dead_nohash_0.wav"
     bad.write_bytes(b"RIFF not really a wav")
-    index = scan_dataset(synth_copy, "all")
+    index = scan_dataset(synthetic_copy, "all")
     with pytest.raises(DatasetError) as e:
         pack_dataset(index, progress=False)
     assert str(bad) in str(e.value) and "\n" not in str(e.value) and "skip_bad_clips" in str(e.value)
-    assert [p.name for p in (synth_copy / ".sctrain_cache").iterdir()] == []  # no half cache left
+    assert [p.name for p in (synthetic_copy / ".sctrain_cache").iterdir()] == []  # no half cache left
     with caplog.at_level(logging.WARNING):
         data = pack_dataset(index, skip_bad=True, progress=False)
     assert data.skipped == ["left/0000dead_nohash_0.wav"] and "skipped 1 bad clips" in caplog.text
@@ -352,19 +347,19 @@ def test_corrupt_clip_is_named_or_skipped(synth_copy, caplog):
     assert "left/0000dead_nohash_0.wav" not in data.split("train").files
 
 
-def test_wrong_rate_stereo_and_empty_clips_are_bad(synth_copy):
-    _wav(synth_copy / "up" / "00000008_nohash_0.wav", np.ones(8000), rate=8000)
-    sf.write(synth_copy / "up" / "00000002_nohash_0.wav", np.ones((16000, 2), np.int16), 16000, subtype="PCM_16")
-    _wav(synth_copy / "up" / "00000000_nohash_0.wav", np.zeros(0))
-    index = scan_dataset(synth_copy, "all")
+def test_wrong_rate_stereo_and_empty_clips_are_bad(synthetic_copy):
+    _wav(synthetic_copy / "up" / "00000008_nohash_0.wav", np.ones(8000), rate=8000)
+    sf.write(synthetic_copy / "up" / "00000002_nohash_0.wav", np.ones((16000, 2), np.int16), 16000, subtype="PCM_16")
+    _wav(synthetic_copy / "up" / "00000000_nohash_0.wav", np.zeros(0))
+    index = scan_dataset(synthetic_copy, "all")
     with pytest.raises(DatasetError, match=r"00000000_nohash_0.wav: empty \(and 2 more bad clips\)"):
         pack_dataset(index, progress=False)
     data = pack_dataset(index, skip_bad=True, progress=False)
     assert len(data.skipped) == 3
 
 
-def test_parallel_packing_matches_serial(synth_copy, tmp_path, monkeypatch):
-    index = scan_dataset(synth_copy, "keywords", keywords=THREE)
+def test_parallel_packing_matches_serial(synthetic_copy, tmp_path, monkeypatch):
+    index = scan_dataset(synthetic_copy, "keywords", keywords=THREE)
     serial = pack_dataset(index, cache_dir=tmp_path / "serial", workers=1, progress=False)
     monkeypatch.setattr(pack_module, "PARALLEL_MIN_CLIPS", 0)
     parallel = pack_dataset(index, cache_dir=tmp_path / "parallel", workers=2, progress=False)
@@ -373,15 +368,15 @@ def test_parallel_packing_matches_serial(synth_copy, tmp_path, monkeypatch):
         np.testing.assert_array_equal(serial.split(name).offsets, parallel.split(name).offsets)
 
 
-def test_read_only_root_packs_into_user_cache(synth_copy, tmp_path, monkeypatch):
+def test_read_only_root_packs_into_user_cache(synthetic_copy, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    os.chmod(synth_copy, 0o555)
+    os.chmod(synthetic_copy, 0o555)
     try:
-        data = pack_dataset(scan_dataset(synth_copy, "all"), progress=False)
+        data = pack_dataset(scan_dataset(synthetic_copy, "all"), progress=False)
     finally:
-        os.chmod(synth_copy, 0o755)
+        os.chmod(synthetic_copy, 0o755)
     assert (tmp_path / "xdg" / "sctrain") in data.cache_dir.parents
-    assert not (synth_copy / ".sctrain_cache").exists()
+    assert not (synthetic_copy / ".sctrain_cache").exists()
 
 
 def test_clip_dataset_reads_batches_in_order(synthetic_root, tmp_path):
@@ -450,8 +445,8 @@ def test_loader_without_workers_has_no_ring(synthetic_root, tmp_path):
     assert torch.equal(torch.cat([a for a, _ in loader]), torch.from_numpy(whole_batches))
 
 
-def test_load_dataset_follows_the_config(synth_copy):
-    cfg = DataConfig(root=str(synth_copy), download=False, task="keywords", keywords=["no", "yes"], silence=False,
+def test_load_dataset_follows_the_config(synthetic_copy):
+    cfg = DataConfig(root=str(synthetic_copy), download=False, task="keywords", keywords=["no", "yes"], silence=False,
                      unknown_ratio=0.5, pack_workers=1)
     data = load_dataset(cfg, progress=False)
     assert data.labels == ["no", "yes", "_unknown_"]

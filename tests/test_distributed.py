@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -21,11 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support import REPO, TIMEOUT, free_port, run
 
-REPO = Path(__file__).resolve().parents[1]
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
-TIMEOUT = 300  # a hang fails the test instead of blocking CI
 BATCH = 8      # per process; the one-process reference runs 2 x BATCH
 STEPS = 2       # optimizer steps compared; AdamW amplifies float noise with every step (see assert_same_training)
 # Tiny and fast: width 8, no loader workers, no latency benchmark; eval batches of 4 leave a ragged last
@@ -42,20 +40,6 @@ pytestmark = pytest.mark.slow
 
 
 # ------------------------------------------------------------------------------------------- helpers
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run(cmd: list[str], env: dict | None = None, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, **(env or {})})
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"timed out after {timeout} s (a hang): {' '.join(cmd)}\n{(e.stderr or b'')[-3000:]!r}")
-
 
 def ok(proc: subprocess.CompletedProcess) -> str:
     out = proc.stdout + proc.stderr

@@ -5,23 +5,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from support import REPO
 
 from sctrain.cli.export import main as export_main
 from sctrain.inference import export
 from sctrain.inference.export import ExportError, check_parity, clip_batch, export_onnx, find_clips, load_exported
 from sctrain.inference.loading import load_model
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def model(trained_checkpoint):
-    return load_model(trained_checkpoint)
 
 
 @pytest.fixture(scope="module")

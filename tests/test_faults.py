@@ -2,7 +2,7 @@
 subprocess, on the generated dataset), with the one line it must print, its exit code, and what it leaves behind.
 
 Recovery after ``kill -9``, SIGTERM to the whole process group and a full disk ends bitwise where one
-uninterrupted run of the same config ends (the helpers and the config are test_resume's).
+uninterrupted run of the same config ends (the helpers and the config are test_resume's, in tests/support).
 """
 from __future__ import annotations
 
@@ -21,22 +21,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_resume import (
+from support import (
     REPO,
     TIMEOUT,
     assert_same_weights,
     finish,
     kill_tree,
+    run,
     sctrain_args,
     stalled_save,
     start,
     wait_for,
 )
 
+from sctrain.artifacts.best import load_best
 from sctrain.config import DataConfig
 from sctrain.data.pack import pack_dataset
 from sctrain.data.speechcommands import ensure_dataset, scan_dataset
-from sctrain.training.checkpoint.files import list_states, load_best, load_state
+from sctrain.training.checkpoint.files import list_states, load_state
 from sctrain.training.stopping import EXIT_INTERRUPTED, EXIT_PREEMPTED
 from sctrain.utils import json_text
 
@@ -46,10 +48,6 @@ SHORT = ["train.epochs=1", "train.max_steps=1"]  # for faults in the data: a run
 def train_cmd(root: Path, out: Path | str, *extra: str) -> list[str]:
     """test_resume's one-process config (6 steps per epoch, a state every 2 steps, 3 kept), then ``extra``."""
     return [sys.executable, "-m", "sctrain", *sctrain_args(root, out, 1), *extra]
-
-
-def run(cmd: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=TIMEOUT)
 
 
 def error_line(result: subprocess.CompletedProcess, code: int = 2) -> str:
@@ -95,12 +93,6 @@ def tmpfs(path: Path, size: str, read_only: bool = False):
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-@pytest.fixture
-def data_copy(synthetic_root, tmp_path) -> Path:
-    """A private copy of the generated dataset, to damage."""
-    return Path(shutil.copytree(synthetic_root, tmp_path / "sc", ignore=shutil.ignore_patterns(".sctrain_cache")))
 
 
 @pytest.fixture(scope="module")
@@ -224,52 +216,52 @@ def test_json_is_written_without_bare_nan():
 
 # ------------------------------------------------------------------------------------ bad data on disk
 
-def test_a_truncated_packed_cache_is_packed_again(data_copy, tmp_path):
-    packed = pack_dataset(scan_dataset(data_copy, "all"), progress=False)
+def test_a_truncated_packed_cache_is_packed_again(synthetic_copy, tmp_path):
+    packed = pack_dataset(scan_dataset(synthetic_copy, "all"), progress=False)
     audio = packed.cache_dir / "audio_train.npy"
     del packed
     size = audio.stat().st_size
     with open(audio, "r+b") as f:
         f.truncate(size // 2)  # a copy or a disk that gave out half-way
-    result = run(train_cmd(data_copy, tmp_path / "run", *SHORT))
+    result = run(train_cmd(synthetic_copy, tmp_path / "run", *SHORT))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr.count("does not match its meta.json") == 1, result.stderr[-3000:]
     assert f"(audio_train.npy is {size // 2} bytes, its header needs {size}): packing it again" in result.stderr
     assert audio.stat().st_size == size
 
 
-def test_word_folders_without_split_lists_get_the_reference_split_and_half_a_pair_is_named(data_copy, tmp_path):
-    (data_copy / "testing_list.txt").unlink()  # hand-made lists, one of them lost: never guessed around
-    line = error_line(run([sys.executable, "-m", "sctrain", "--config", "configs/debug.yaml", f"data.root={data_copy}",
-                           "data.download=false", f"output_dir={tmp_path / 'run'}"]))
-    assert line.startswith(f"sctrain: error: {data_copy} has validation_list.txt but no testing_list.txt")
+def test_word_folders_without_split_lists_get_the_reference_split_and_half_a_pair_is_named(synthetic_copy, tmp_path):
+    (synthetic_copy / "testing_list.txt").unlink()  # hand-made lists, one of them lost: never guessed around
+    line = error_line(run([sys.executable, "-m", "sctrain", "--config", "configs/debug.yaml",
+                           f"data.root={synthetic_copy}", "data.download=false", f"output_dir={tmp_path / 'run'}"]))
+    assert line.startswith(f"sctrain: error: {synthetic_copy} has validation_list.txt but no testing_list.txt")
     assert "download" not in line and "v0.02" not in line
-    (data_copy / "validation_list.txt").unlink()  # no lists at all: a user's own recordings
-    ensure_dataset(DataConfig(root=str(data_copy), download=True))  # never a download over the user's data
-    result = run(train_cmd(data_copy, tmp_path / "run2", *SHORT))
+    (synthetic_copy / "validation_list.txt").unlink()  # no lists at all: a user's own recordings
+    ensure_dataset(DataConfig(root=str(synthetic_copy), download=True))  # never a download over the user's data
+    result = run(train_cmd(synthetic_copy, tmp_path / "run2", *SHORT))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "wrote them to" in result.stderr and "reference hash split" in result.stderr
-    assert (data_copy / "validation_list.txt").is_file() and (data_copy / "testing_list.txt").is_file()
+    assert (synthetic_copy / "validation_list.txt").is_file() and (synthetic_copy / "testing_list.txt").is_file()
 
 
-def test_a_class_without_training_clips_is_refused_and_one_without_test_clips_pointed_out(data_copy, tmp_path):
-    (data_copy / "zzz").mkdir()
-    line = error_line(run(train_cmd(data_copy, tmp_path / "run1")))
-    assert line == f"sctrain: error: label 'zzz' has no training clips: {data_copy / 'zzz'} holds no .wav clips"
-    (data_copy / "zzz").rmdir()
-    solo = data_copy / "solo"
+def test_a_class_without_training_clips_is_refused_and_one_without_test_clips_pointed_out(synthetic_copy, tmp_path):
+    (synthetic_copy / "zzz").mkdir()
+    line = error_line(run(train_cmd(synthetic_copy, tmp_path / "run1")))
+    assert line == f"sctrain: error: label 'zzz' has no training clips: {synthetic_copy / 'zzz'} holds no .wav clips"
+    (synthetic_copy / "zzz").rmdir()
+    solo = synthetic_copy / "solo"
     solo.mkdir()
-    shutil.copy(next((data_copy / "yes").glob("*.wav")), solo)  # one clip: training only
-    result = run(train_cmd(data_copy, tmp_path / "run2", *SHORT))
+    shutil.copy(next((synthetic_copy / "yes").glob("*.wav")), solo)  # one clip: training only
+    result = run(train_cmd(synthetic_copy, tmp_path / "run2", *SHORT))
     assert result.returncode == 0, result.stderr[-3000:]
     for split in ("validation", "test"):
         assert f"classes without {split} clips (their {split} accuracy is not measured): solo" in result.stderr
 
 
-def test_skipping_a_bad_clip_is_reported_once(data_copy, tmp_path):
-    bad = sorted((data_copy / "_background_noise_").glob("*.wav"))[0]
+def test_skipping_a_bad_clip_is_reported_once(synthetic_copy, tmp_path):
+    bad = sorted((synthetic_copy / "_background_noise_").glob("*.wav"))[0]
     bad.write_bytes(b"not audio")  # a keyword task reads the noise recordings twice: to plan _silence_ cuts, to pack
-    result = run(train_cmd(data_copy, tmp_path / "run", "data.task=keywords", "data.skip_bad_clips=true", *SHORT))
+    result = run(train_cmd(synthetic_copy, tmp_path / "run", "data.task=keywords", "data.skip_bad_clips=true", *SHORT))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr.count(bad.name) == 1, result.stderr[-3000:]
     assert "skipped 1 bad clips" in result.stderr

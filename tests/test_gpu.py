@@ -4,13 +4,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from in_process import trainer_for
+from support import REPO, trainer_for
 
 from sctrain.config import load_config
 from sctrain.training.distributed import resolve_precision
 from sctrain.training.trainer import train
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")]
 

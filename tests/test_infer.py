@@ -11,21 +11,14 @@ import pytest
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
+from support import REPO
 
 from sctrain.artifacts.best import load_best
 from sctrain.artifacts.files import atomic_save
 from sctrain.audio.constants import SAMPLE_RATE
 from sctrain.audio.io import AudioError, read_audio, to_model_rate
 from sctrain.cli import predict
-from sctrain.inference.loading import load_model
 from sctrain.inference.predict import file_windows, predict_wave
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def model(trained_checkpoint):
-    return load_model(trained_checkpoint)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from one_thread import train_on_one_thread
+from support import REPO, train_on_one_thread
 
 from sctrain.artifacts.best import load_best
 from sctrain.artifacts.detector import DetectorRules
@@ -33,7 +33,6 @@ from sctrain.inference.export import OnnxModel, TorchScriptModel, export_onnx, e
 from sctrain.inference.loading import load_model
 from sctrain.inference.streaming import StreamingDetector
 
-REPO = Path(__file__).resolve().parents[1]
 THREE = ["yes", "no", "up"]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from in_process import trainer_for
+from support import REPO, trainer_for
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
@@ -19,7 +19,6 @@ from sctrain.data.pack import load_dataset
 from sctrain.training.placement import ResidentSplit, choose_placement, packed_bytes
 from sctrain.training.trainer import Trainer
 
-REPO = Path(__file__).resolve().parents[1]
 # 96 training clips of 6 words: 6 steps of 16 per epoch.
 SMALL = ["model.kwsnet.width=8", "train.batch_size=16", "train.eval_batch_size=64", "train.checkpoint_every=0",
          "latency.enabled=false", "tracking.report=false", "tracking.log_examples=0", "tracking.mode=disabled"]

@@ -1,8 +1,7 @@
 """The README opens with exactly two commands, and CI runs the second one verbatim."""
 import re
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from support import REPO
 
 
 def readme_commands():

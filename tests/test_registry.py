@@ -21,7 +21,7 @@ import pytest
 import soundfile as sf
 import torch
 import torch.nn.functional as F
-from one_thread import train_on_one_thread
+from support import REPO, train_on_one_thread
 
 from sctrain.artifacts.best import load_best, save_best
 from sctrain.audio.augment import mixup
@@ -32,7 +32,6 @@ from sctrain.inference.loading import load_model
 from sctrain.models.registry import count_parameters, cpu_inference_copy, create_model, get_family, list_models
 from sctrain.training.checkpoint.files import list_states, load_state
 
-REPO = Path(__file__).resolve().parents[1]
 FAMILIES = list_models()
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import REPO
 
 from sctrain.tracking.report import PLOTS, ReportError, figure_pixels, read_metrics, write_report, write_report_or_skip
 
-REPO = Path(__file__).resolve().parents[1]
 LABELS = [f"word{i:02d}" for i in range(12)]
 
 

@@ -5,99 +5,33 @@ last training state) to an uninterrupted run of the same config and world size.
 """
 from __future__ import annotations
 
-import json
-import os
 import re
 import shutil
 import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import torch
+from support import (
+    TIMEOUT,
+    assert_same_weights,
+    finish,
+    free_port,
+    kill_tree,
+    sctrain_args,
+    stalled_save,
+    start,
+    wait_for,
+)
 
-from sctrain.training.checkpoint.files import list_states, load_best, load_state
+from sctrain.training.checkpoint.files import list_states, load_state
 from sctrain.training.stopping import EXIT_PREEMPTED
-
-REPO = Path(__file__).resolve().parents[1]
-# 96 training clips: 6 steps per epoch (1 process x 16 or 2 processes x 8 clips), a state every 2 steps.
-COMMON = ["--config", "configs/debug.yaml", "train.epochs=2", "model.kwsnet.width=8", "data.num_workers=0",
-          "latency.enabled=false", "tracking.report=false", "train.checkpoint_every=2", "train.keep_last=3",
-          "train.log_every=2", "train.eval_batch_size=64"]
-TIMEOUT = 300
 
 pytestmark = pytest.mark.slow
 
 
-def sctrain_args(root: Path, out: Path, procs: int) -> list[str]:
-    return [*COMMON, f"data.root={root}", f"output_dir={out}", f"train.batch_size={16 // procs}"]
-
-
-def stalled_save(cmd: list[str], from_step: int, seconds: float = 60) -> list[str]:
-    """``cmd`` (``python -m sctrain ...``) run through tests/stalled_save.py: saves from ``from_step`` on stall."""
-    assert cmd[1:3] == ["-m", "sctrain"], cmd
-    return [cmd[0], str(REPO / "tests" / "stalled_save.py"), str(from_step), str(seconds), *cmd[3:]]
-
-
 def torchrun(procs: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"]
-
-
-def start(cmd: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
-    """A new session per run, so the whole launcher tree can be killed like a dying node."""
-    with open(log, "w") as sink:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(cmd, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True, env={**os.environ, **(env or {})})
-
-
-def finish(cmd: list[str], log: Path, env: dict | None = None) -> str:
-    proc = start(cmd, log, env)
-    rc = proc.wait(TIMEOUT)
-    text = log.read_text()
-    assert rc == 0, text[-3000:]
-    return text
-
-
-def descendants(pid: int) -> list[int]:
-    """``pid`` and every process below it (torchrun puts each worker in a session of its own)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    tree, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        tree.append(p)
-        todo.extend(children.get(p, []))
-    return tree
-
-
-def kill_tree(proc: subprocess.Popen) -> None:
-    for pid in descendants(proc.pid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait(60)
-
-
-def wait_for(predicate, proc: subprocess.Popen, log: Path, what: str, timeout: float = TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended (exit {proc.returncode}) before {what}:\n{log.read_text()[-3000:]}")
-        time.sleep(0.05)
-    kill_tree(proc)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def state_at_least(out: Path, step: int):
@@ -124,38 +58,6 @@ def restart_and_kill9(cmd: list[str], out: Path, log: Path, resumed_from: int) -
     newest = load_state(list_states(out)[0])["progress"]
     assert newest["global_step"] >= 8 and newest["step_in_epoch"] > 0  # a mid-epoch state
     return newest["global_step"]
-
-
-def metric_history(out: Path) -> list[tuple]:
-    """Kind, step and split of every metrics.jsonl record, and the evaluations' loss (a train record's loss
-    averages the steps since the last record, which after a restart begin at the resumed step)."""
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [(r["kind"], r.get("step"), r.get("split"), r.get("loss") if r["kind"] == "eval" else None)
-            for r in records]
-
-
-def assert_same_weights(out: Path, reference: Path) -> None:
-    best, ref_best = load_best(out / "best_sc.pt"), load_best(reference / "best_sc.pt")
-    assert best["metrics"] == ref_best["metrics"]
-    assert best["model"].keys() == ref_best["model"].keys()
-    for key, tensor in ref_best["model"].items():
-        assert torch.equal(best["model"][key], tensor), f"best_sc.pt: {key} differs"
-    last, ref_last = list_states(out)[0], list_states(reference)[0]
-    assert last.name == ref_last.name
-    state, ref_state = load_state(last), load_state(ref_last)
-    assert state["progress"] == ref_state["progress"]
-    for key, tensor in ref_state["model"].items():
-        assert torch.equal(state["model"][key], tensor), f"{last.name}: {key} differs"
-    for (i, a), b in zip(ref_state["optimizer"]["state"].items(), state["optimizer"]["state"].values()):
-        for name in a:
-            assert torch.equal(torch.as_tensor(a[name]), torch.as_tensor(b[name])), f"optimizer state {i}.{name}"
-    for a, b in zip(ref_state["rng"], state["rng"]):
-        assert torch.equal(a["torch"], b["torch"])
-    # One history in metrics.jsonl, as the uninterrupted run's: no steps repeated after a kill.
-    assert metric_history(out) == metric_history(reference)
-    results, ref_results = (json.loads((d / "results.json").read_text()) for d in (out, reference))
-    assert (results["val_acc"], results["test_acc"]) == (ref_results["val_acc"], ref_results["test_acc"])
-    assert not list((out / "state").glob(".tmp-*")) and not list((out / "state").glob(".old-*"))
 
 
 @pytest.fixture(scope="module")
@@ -235,12 +137,6 @@ def test_corrupt_newest_state_falls_back_to_the_previous_one(synthetic_root, ref
     assert re.search(r"step_000000012/state.pt is truncated or corrupt .*falling back to the previous state", text)
     assert resumed_step(text) == 10
     assert_same_weights(out, reference_1proc)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_stop_together_on_one_signal_and_resume_exactly_after_kill9(

@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 
 import pytest
+from support import REPO, SHARED
 
 from sctrain.artifacts.best import load_best
 from sctrain.training.checkpoint.files import list_states, load_state
 
-REPO = Path(__file__).resolve().parents[1]
-SLURM_LOCAL = Path(__file__).resolve().parents[1].parent / "shared/tools/slurm-local"
+SLURM_LOCAL = SHARED / "tools/slurm-local"
 TIMEOUT = 420
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]

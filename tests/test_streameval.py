@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from support import REPO
 
 from sctrain.artifacts.detector import DetectorRules
 from sctrain.audio.constants import SAMPLE_RATE
@@ -26,7 +26,6 @@ from sctrain.streameval.stream import Stream, Word
 
 LABELS = ["yes", "no", "up", "_unknown_", "_silence_"]
 HOP = SAMPLE_RATE // 10
-REPO = Path(__file__).resolve().parents[1]
 
 
 def tone_clips(labels=("yes", "no", "up"), per_label=3) -> list[tuple[np.ndarray, str]]:

@@ -12,7 +12,7 @@ from sctrain.audio.constants import SAMPLE_RATE
 from sctrain.audio.features import LogMel
 from sctrain.audio.io import read_audio
 from sctrain.config import Config, FeatureConfig
-from sctrain.inference.loading import LoadedModel, load_model
+from sctrain.inference.loading import LoadedModel
 from sctrain.inference.predict import window_probs
 from sctrain.inference.streaming import IncrementalLogMel, StreamingDetector
 from sctrain.models.classifier import AudioClassifier
@@ -21,11 +21,6 @@ from sctrain.models.registry import create_model
 # Background recordings for the noise gaps; their last 10 %, which no training _silence_ cut comes from.
 NOISES = ("doing_the_dishes.wav", "running_tap.wav", "exercise_bike.wav", "pink_noise.wav")
 TOLERANCE_S = 0.5
-
-
-@pytest.fixture(scope="module")
-def model(trained_checkpoint):
-    return load_model(trained_checkpoint)
 
 
 def correct_clips(model, root: Path, per_word: int = 5, min_prob: float = 0.7) -> list[tuple[str, np.ndarray]]:

@@ -20,13 +20,13 @@ import zlib
 from pathlib import Path
 
 import pytest
+from support import REPO
 
 from sctrain.tracking.report import figure_pixels, read_metrics
 from sctrain.tracking.tracker import last_logged_step
 from sctrain.training.checkpoint.files import load_latest_state
 from sctrain.training.stopping import EXIT_PREEMPTED
 
-REPO = Path(__file__).resolve().parents[1]
 EPOCHS, STEPS_PER_EPOCH, EXAMPLES = 3, 6, 3  # synthetic_root: 96 training clips, batch 16
 TINY = ["--config", "configs/debug.yaml", "model.kwsnet.width=8", "train.batch_size=16", "train.eval_batch_size=64",
         "data.num_workers=0", "latency.iters=3", "latency.large_batch=8", "train.log_every=1"]

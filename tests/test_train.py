@@ -2,17 +2,16 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from support import REPO
 
 from sctrain.artifacts.best import load_best
 from sctrain.config import config_from_dict, load_config
 from sctrain.models.registry import create_model
 from sctrain.training.trainer import train
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = ["model.kwsnet.width=8", "train.batch_size=16", "train.eval_batch_size=64", "data.num_workers=0",
         "latency.iters=3", "latency.large_batch=8", "tracking.report=false", "train.log_every=2"]
 

@@ -1,4 +1,4 @@
-"""``python tests/stalled_save.py FROM_STEP SECONDS ARGS...``: ``python -m sctrain ARGS`` whose training-state
+"""``python tests/support/stalled_save.py FROM_STEP SECONDS ARGS...``: ``python -m sctrain ARGS`` whose training-state
 saves from step FROM_STEP on stall half-written for SECONDS (a truncated ``state.pt`` sits in the temporary
 folder meanwhile): the window in which tests kill a run during a save. The production code has no hook for
 this; the stall is patched in here, in the process under test."""
