@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import yaml
 
-from sctrain.artifacts.detector import DetectorRules
+from sctrain.artifacts.detector import DetectorRules, StreamSettings
 from sctrain.utils import first_line
 
 
@@ -315,11 +315,18 @@ class LatencyConfig:
 class KwsConfig:
     calibrate: Optional[bool] = doc(None, "after training, choose per-keyword detection thresholds on validation "
                                           "streams and store them in best_sc.pt; null = when the labels have _silence_")
-    validation_minutes: float = doc(30.0, "length of the validation stream the thresholds are calibrated on (one "
-                                          "false alarm on it counts 60/minutes per hour: longer calibrates finer; "
-                                          "30 measured better than 10, docs/streaming.md)")
-    test_minutes: Optional[float] = doc(None, "length of the test stream the detector is evaluated on after training "
-                                              "(0 = off); null = 10 when the labels have _silence_, else 0")
+    validation_minutes: float = doc(StreamSettings.validation_minutes, "length of the validation keyword stream the "
+                                    "thresholds are calibrated on (validation speakers over noise the model did not "
+                                    "train on)")
+    negative_minutes: float = doc(StreamSettings.negative_minutes, "keyword-free validation audio pooled with it "
+                                  "(held-out noise, generated noise and babble): a false-alarm rate is bounded by "
+                                  "about 3/hours when none fires, so 180 min supports 1 FA/h")
+    test_minutes: Optional[float] = doc(None, "length of the test keyword stream the detector is evaluated on after "
+                                              "training (0 = off); null = 10 when the labels have _silence_, else 0")
+    test_negative_minutes: float = doc(StreamSettings.test_negative_minutes, "keyword-free test audio pooled with the "
+                                       "test stream")
+    miss_slack: float = doc(StreamSettings.miss_slack, "calibration takes the highest threshold that meets the "
+                            "false-alarm bound while the validation miss rate stays within this of the best")
     target_fa_per_hour: float = doc(1.0, "false alarms per hour per keyword that calibration aims at")
     # The detector's rules: calibration chooses thresholds under them and best_sc.pt stores them with the
     # thresholds, so the detector and predict --stream apply both together (docs/streaming.md: the DET curves).
@@ -334,11 +341,20 @@ class KwsConfig:
         _require(self.test_minutes is None or self.test_minutes == 0 or self.test_minutes >= 0.1, "kws.test_minutes",
                  "must be 0 (off) or >= 0.1")
         _require(self.target_fa_per_hour >= 0, "kws.target_fa_per_hour", "must be >= 0")
+        _require(self.negative_minutes >= 0, "kws.negative_minutes", "must be >= 0")
+        _require(self.test_negative_minutes >= 0, "kws.test_negative_minutes", "must be >= 0")
+        _require_fraction(self.miss_slack, "kws.miss_slack")
         _require(self.smooth >= 1, "kws.smooth", "must be >= 1")
         _require(self.refractory_ms >= 0, "kws.refractory_ms", "must be >= 0")
 
     def rules(self) -> DetectorRules:
         return DetectorRules(self.smooth, float(self.refractory_ms), self.filler_gate)
+
+    def settings(self, test_minutes: float) -> StreamSettings:
+        """The detector pipeline's settings (``test_minutes`` resolved by :meth:`active`)."""
+        return StreamSettings(float(self.validation_minutes), float(self.negative_minutes), float(test_minutes),
+                              float(self.test_negative_minutes), float(self.target_fa_per_hour),
+                              float(self.miss_slack))
 
     def active(self, has_silence: bool) -> tuple[bool, float]:
         """``(calibrate, test_minutes)`` with the nulls resolved: a detector without a "nothing said" class

@@ -300,7 +300,8 @@ def calibrated_run(synthetic_root, tmp_path_factory) -> Path:
         "data.task=keywords", "data.keywords=yes,no,up", "data.num_workers=0", "model.kwsnet.width=8",
         "train.epochs=2", "train.batch_size=32", "train.checkpoint_every=0", "latency.enabled=false",
         "tracking.report=false", "tracking.log_examples=0", "tracking.mode=disabled",
-        "kws.calibrate=true", "kws.validation_minutes=0.5", "kws.test_minutes=0.5"])
+        "kws.calibrate=true", "kws.validation_minutes=0.5", "kws.test_minutes=0.5", "kws.negative_minutes=1",
+        "kws.test_negative_minutes=0.5"])
     train_on_one_thread(cfg)
     return out / "run"
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 from support import REPO
 
+from sctrain.artifacts.best import load_best
 from sctrain.artifacts.detector import DetectorRules
 from sctrain.audio.constants import SAMPLE_RATE
 from sctrain.audio.io import read_audio
@@ -19,6 +21,7 @@ from sctrain.data.speechcommands import KEYWORDS
 from sctrain.data.synthetic import write_synthetic_dataset
 from sctrain.inference.events import Detection, EventDecoder
 from sctrain.streameval import build_stream, calibrate, det_curve, evaluate, score_events
+from sctrain.streameval.bounds import hours_needed, rate_upper_bound
 from sctrain.streameval.data import noise_recordings, split_clips
 from sctrain.streameval.posteriors import window_count
 from sctrain.streameval.report import write_report
@@ -186,8 +189,11 @@ def test_end_to_end_with_peaks_on_the_truth():
     # The whole evaluation on the cached posteriors: the decoder's thresholds, the curve, calibration.
     result = evaluate(decoder, [(post, stream)], [(post, stream)], target_fa_per_hour=0.0)
     assert result.default.to_dict() == score.to_dict()
-    assert result.calibration.thresholds == {"yes": 0.8, "no": 0.8, "up": 0.8}  # just over the 0.78 spurious peaks
+    # 20 s cannot bound a rate to 0, so calibration falls back on "nothing fires" (never the grid floor), and takes
+    # the highest such threshold that still finds every word (the 0.9 peaks): margin that costs no miss.
+    assert result.calibration.thresholds == {"yes": 0.85, "no": 0.85, "up": 0.85}
     assert result.calibrated.fa_count() == 0 and result.calibrated.miss_rate() == 0.0
+    assert not any(result.calibration.met.values())  # and says the claim is not shown
 
 
 def test_det_curve_is_monotone_and_exact():
@@ -209,26 +215,38 @@ def test_det_curve_is_monotone_and_exact():
     assert points[0].per_keyword["yes"][1] == pytest.approx(3 / hours)
 
 
-def test_calibration_meets_the_target_on_validation():
+def test_calibration_bounds_the_rate_and_fails_safe():
     stream = grid_stream()
-    # Spurious peaks on noise alone: "no" at 0.55 and 0.75, "up" at 0.65.
+    # Word peaks at five heights, so each step up the grid misses more words; spurious peaks on noise alone:
+    # "no" at 0.55 and 0.75, "up" at 0.65.
+    heights = (0.45, 0.65, 0.75, 0.85, 0.95)
+    words = [(w.start_s, w.label, heights[k % len(heights)]) for k, w in enumerate(stream.truth)]
     spurious = [(62.0, "no", 0.55), (67.0, "no", 0.75), (72.0, "up", 0.65)]
-    post = fake_posteriors(stream, [(w.start_s, w.label, 0.95) for w in stream.truth] + spurious)
-    decoder = EventDecoder(LABELS)
-    hours = stream.duration_s / 3600
-    # Target 0: "no" over 0.75, "up" over 0.65. "yes" never fires with a shared threshold, but once "no"
-    # sits at 0.8 the 0.1125 that "yes" gets under the 0.55 "no" peak wins there: the joint check lifts it.
-    # Target 1.5 per stream: one "no" may stay, and the other 0.55 peak then goes to "yes", once.
-    for target, expected in ((0.0, {"yes": 0.2, "no": 0.8, "up": 0.7}),
-                             (1.5 / hours, {"yes": 0.05, "no": 0.6, "up": 0.05})):
-        c = calibrate(decoder, [(post, stream)], target, grid=[0.05, 0.2, 0.4, 0.6, 0.7, 0.8, 0.9, 1.0])
-        assert c.thresholds == expected and all(c.met.values())
-        assert all(c.validation.fa_per_hour(label=k) <= target for k in c.thresholds)
-        assert c.validation.miss_rate() == 0.0
+    post = fake_posteriors(stream, words + spurious)
+    decoder, hours = EventDecoder(LABELS), stream.duration_s / 3600
+    grid = [0.05, 0.2, 0.4, 0.6, 0.7, 0.8, 0.9, 1.0]
+    # 80 s bound no rate to 1/h: calibration falls back on "nothing fires", says the target is not shown, and
+    # within that takes the lowest threshold, as every step up misses words: "no" over 0.75, "up" over 0.65.
+    c = calibrate(decoder, [(post, stream)], 1.0, grid=grid, miss_slack=0.0)
+    assert c.thresholds == {"yes": 0.4, "no": 0.8, "up": 0.7} and not any(c.met.values())
+    assert c.validation.fa_count() == 0 and c.bounds["no"] == pytest.approx(rate_upper_bound(0, hours))
+    # A target that one false alarm per keyword meets (by its 95 % bound, not its count): one "no" may stay.
+    target = rate_upper_bound(1, hours) * 1.001
+    c = calibrate(decoder, [(post, stream)], target, grid=grid, miss_slack=0.0)
+    assert c.thresholds == {"yes": 0.4, "no": 0.6, "up": 0.4} and all(c.met.values())
+    assert all(c.validation.fa_count(label=k) <= 1 for k in c.thresholds)
     # A target nothing on the grid meets: the top of the grid, flagged.
     always = fake_posteriors(stream, [(62.0, "yes", 1.0)])
     c = calibrate(decoder, [(always, stream)], 0.0, grid=[0.5, 1.0])
-    assert c.thresholds["yes"] == 1.0 and not c.met["yes"] and c.met["no"]
+    assert c.thresholds["yes"] == 1.0 and not c.met["yes"]
+
+
+def test_rate_bounds_match_the_poisson_tables():
+    # Garwood's exact 95 % upper limits (one-sided) for 0, 1, 2 and 10 events: 2.996, 4.744, 6.296, 16.962.
+    for count, limit in ((0, 2.9957), (1, 4.7439), (2, 6.2958), (10, 16.9622)):
+        assert rate_upper_bound(count, 1.0) == pytest.approx(limit, abs=2e-4)
+        assert rate_upper_bound(count, 4.0) == pytest.approx(limit / 4, abs=1e-4)
+    assert hours_needed(1.0) == pytest.approx(2.9957, abs=1e-4) and rate_upper_bound(0, 0.0) == float("inf")
 
 
 def test_report_files(tmp_path):
@@ -249,7 +267,7 @@ def test_report_files(tmp_path):
 
 def test_cli_on_a_trained_checkpoint(trained_checkpoint, tmp_path, capsys):
     out = tmp_path / "eval"
-    assert main([str(trained_checkpoint), "--minutes", "1.5", "--out", str(out), "--json", "--seed", "3"]) == 0
+    assert main([str(trained_checkpoint), "--minutes", "1.5", "--out", str(out), "--json", "--seed", "3", *SHORT]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert json.loads((out / "streameval.json").read_text()) == doc
     assert (out / "streameval_det.png").read_bytes()[:4] == b"\x89PNG"
@@ -261,6 +279,35 @@ def test_cli_on_a_trained_checkpoint(trained_checkpoint, tmp_path, capsys):
     assert doc["detector"] == DetectorRules().to_dict()  # no stored rules: the checkpoint config's kws rules
     # A trained model finds most words on its own test speakers' stream.
     assert default["miss_rate"] < 0.5, default
+    # Which audio, how many hours, and every rate with its bound.
+    assert doc["audio"]["heard_in_training"] is False and doc["audio"]["noise_stretch"] == [0.9, 1.0]
+    assert doc["audio"]["negative_hours"] == pytest.approx(2 / 60, abs=1e-3)
+    assert doc["calibration"]["hours"] == pytest.approx((1.5 + 3) / 60, abs=1e-3)
+    bound = rate_upper_bound(default["false_alarms"], default["hours"])
+    assert default["fa_per_hour_bound"] == pytest.approx(bound, rel=1e-4)
+    assert "95 % upper bound" in (out / "streameval.md").read_text()
+
+
+SHORT = ["--negative-minutes", "2", "--validation-minutes", "1.5", "--validation-negative-minutes", "3"]
+
+
+def test_cli_stores_a_calibration_into_the_checkpoint(trained_checkpoint, tmp_path, capsys):
+    ckpt = tmp_path / "best_sc.pt"
+    shutil.copyfile(trained_checkpoint, ckpt)
+    before = ckpt.read_bytes()
+    assert main([str(ckpt), "--root", str(tmp_path / "nowhere"), "--store", *SHORT]) == 2  # fails: file untouched
+    assert ckpt.read_bytes() == before
+    assert main([str(ckpt), "--out", str(tmp_path / "eval"), "--json", "--store", "--target-fa-per-hour", "30",
+                 *SHORT]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    stored = load_best(ckpt)
+    assert stored["thresholds"] == doc["calibration"]["thresholds"] and stored["detector"] == DetectorRules().to_dict()
+    assert stored["calibration"]["settings"]["target_fa_per_hour"] == 30.0
+    assert stored["calibration"]["settings"]["negative_minutes"] == 3.0
+    # The next run starts from the stored settings and thresholds: its default row is the calibrated one.
+    assert main([str(ckpt), "--out", str(tmp_path / "again"), "--json", *SHORT[:2]]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["default_thresholds"] == stored["thresholds"] and again["settings"]["target_fa_per_hour"] == 30.0
 
 
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, trained_checkpoint):

@@ -37,7 +37,8 @@ def save_best(path: str | Path, model: torch.nn.Module, labels: list[str], confi
         raise
 
 
-def store_thresholds(path: str | Path, thresholds: dict[str, float], detector: dict | None = None) -> None:
+def store_thresholds(path: str | Path, thresholds: dict[str, float], detector: dict | None = None,
+                     calibration: dict | None = None) -> None:
     """Add per-keyword detection thresholds (plain ``{label: float}``) and the detector rules they were
     chosen under (``DetectorRules.to_dict()``) to the ``best_sc.pt`` at ``path``, rewritten atomically;
     inference uses both by default (:attr:`LoadedModel.thresholds`, :attr:`LoadedModel.rules`)."""
@@ -45,6 +46,8 @@ def store_thresholds(path: str | Path, thresholds: dict[str, float], detector: d
     ckpt["thresholds"] = {str(k): float(v) for k, v in thresholds.items()}
     if detector is not None:
         ckpt["detector"] = dict(detector)
+    if calibration is not None:  # plain data: settings, hours, bounds, which audio (for the next reader)
+        ckpt["calibration"] = dict(calibration)
     atomic_save(ckpt, path)
 
 

@@ -46,3 +46,24 @@ class DetectorRules:
     def decoder_kwargs(self) -> dict:
         """The :class:`sctrain.inference.events.EventDecoder` arguments these rules set."""
         return {"smooth": self.smooth, "refractory_s": self.refractory_ms / 1000.0, "filler_gate": self.filler_gate}
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """How a detector is calibrated and tested; stored in ``best_sc.pt`` beside the thresholds it chose."""
+
+    validation_minutes: float = 30.0  # keyword stream of the validation split (calibration)
+    negative_minutes: float = 180.0  # keyword-free validation audio: 3 h bound a 1 FA/h claim
+    test_minutes: float = 10.0  # keyword stream of the test split (0: no test)
+    test_negative_minutes: float = 60.0  # keyword-free test audio
+    target_fa_per_hour: float = 1.0
+    miss_slack: float = 0.02  # calibration takes margin while misses stay within this of the best
+    seed: int = 0  # test streams; the validation streams use seed + 1
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> StreamSettings:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})

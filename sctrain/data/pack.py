@@ -34,6 +34,7 @@ from sctrain.data.dataset import PackedDataset
 from sctrain.data.hashsplit import ensure_split_lists
 from sctrain.data.speechcommands import (
     LIST_FILES,
+    NOISE_STRETCH,
     SPLITS,
     DatasetError,
     DatasetIndex,
@@ -46,7 +47,7 @@ from sctrain.data.speechcommands import (
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the noise bank is cut from the train stretch of each recording only
 BACKGROUND_STRIDE = CLIP_SAMPLES // 2
 PARALLEL_MIN_CLIPS = 2048  # below this, starting processes costs more than it saves
 KWS12_SEED = 0  # fixed, not train.seed: every run of a task sees the same _unknown_ / _silence_ clips
@@ -328,7 +329,10 @@ def _write_split(index: DatasetIndex, split: str, tmp: Path, bad_paths: set[str]
 
 
 def _cut_background(paths: list[Path]) -> tuple[np.ndarray, list[tuple[str, str]]]:
-    """1 s float32 segments at a 0.5 s stride from each noise recording; (path, reason) for bad ones."""
+    """1 s float32 segments at a 0.5 s stride from the train stretch of each noise recording
+    (:data:`NOISE_STRETCH`: the rest is for the detector's validation and test streams); (path, reason) for bad
+    ones."""
+    lo_share, hi_share = NOISE_STRETCH["train"]
     segments, bad = [], []
     for path in paths:
         try:
@@ -341,7 +345,7 @@ def _cut_background(paths: list[Path]) -> tuple[np.ndarray, list[tuple[str, str]
         if reason:
             bad.append((str(path), reason))
             continue
-        audio = audio[:, 0]
+        audio = audio[int(lo_share * len(audio)): int(hi_share * len(audio)), 0]
         if len(audio) < CLIP_SAMPLES:
             audio = np.pad(audio, (0, CLIP_SAMPLES - len(audio)))
         segments.append(np.lib.stride_tricks.sliding_window_view(audio, CLIP_SAMPLES)[::BACKGROUND_STRIDE])

@@ -30,6 +30,8 @@ class LoadedModel:
     thresholds: dict[str, float] = field(default_factory=dict)
     # The detector rules stored with the thresholds (None for a checkpoint without: its config's kws rules apply).
     rules: DetectorRules | None = None
+    # How the thresholds were chosen (settings, hours, bounds, audio; None for a checkpoint calibrated before).
+    calibration: dict | None = None
 
     @property
     def net(self) -> nn.Module:
@@ -75,8 +77,9 @@ def load_model(path: str | Path) -> LoadedModel:
                               f"({len(labels)} labels; {reason})") from None
     classifier = AudioClassifier(LogMel(cfg.features), net).eval()
     metrics = ckpt.get("metrics") if isinstance(ckpt.get("metrics"), dict) else {}
+    calibration = ckpt.get("calibration") if isinstance(ckpt.get("calibration"), dict) else None
     return LoadedModel(classifier, list(labels), cfg, path, metrics, _thresholds(ckpt, labels, path),
-                       _rules(ckpt, path))
+                       _rules(ckpt, path), calibration)
 
 
 def _thresholds(ckpt: dict, labels: list[str], path: Path) -> dict[str, float]:

@@ -1,4 +1,6 @@
-"""What a stream is built from: a packed split's clips and the split's stretch of the noise recordings."""
+"""What a stream is built from: a packed split's clips and the split's stretch of the noise recordings
+(:data:`~sctrain.data.speechcommands.NOISE_STRETCH`: training's noise augmentation and _silence_ cuts use
+another stretch, so the streams hold no noise the model trained on)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -9,11 +11,9 @@ import numpy as np
 from sctrain.artifacts.labels import FILLER_LABELS, UNKNOWN
 from sctrain.audio.io import read_audio
 from sctrain.data.dataset import PackedDataset
+from sctrain.data.speechcommands import NOISE_STRETCH
 from sctrain.streameval.stream import LAYOUT, Stream, build_stream
 
-# The stretch of every noise recording each split may use: the one scan_dataset cuts that split's
-# _silence_ clips from, so validation and test streams never share noise with each other or with them.
-NOISE_STRETCH = {"train": (0.0, 0.8), "validation": (0.8, 0.9), "test": (0.9, 1.0)}
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
 
@@ -56,3 +56,25 @@ def split_stream(data: PackedDataset, split: str, minutes: float, seed: int,
     seconds = [minutes * 60 * share for share in LAYOUT[bool(unknown)]]
     return build_stream(keywords, noise_recordings(paths, split), seconds[0], seconds[1], unknown, seconds[2],
                         seed=seed)
+
+
+def negative_streams(data: PackedDataset, split: str, minutes: float, seed: int,
+                     noise: Sequence[str | Path] | None = None, chunk_minutes: float = 10.0) -> list[Stream]:
+    """``minutes`` of audio without a keyword, in streams of ``chunk_minutes`` (memory stays flat over hours):
+    :func:`sctrain.streameval.generated.negative_audio` from ``split``'s stretch of the noise recordings and its
+    clips. Every second is a "noise" stretch of the stream; ``_unknown_`` clips, when the split has them, are
+    mixed in as babble (their truth is not a keyword either way)."""
+    from sctrain.streameval.generated import negative_audio
+
+    keywords, unknown = split_clips(data, split)
+    paths = noise if noise is not None else [Path(data.meta["root"]) / p for p in data.meta["background_files"]]
+    recordings = noise_recordings(paths, split)
+    streams, left, i = [], minutes * 60.0, 0
+    while left >= 1.0:
+        seconds = min(left, chunk_minutes * 60.0)
+        wave = negative_audio(seconds, recordings, [a for a, _ in keywords], [a for a, _ in unknown],
+                              seed=seed * 1000 + i)
+        streams.append(Stream(wave, [], [("noise", 0.0, len(wave) / 16000)]))
+        left -= seconds
+        i += 1
+    return streams

@@ -42,24 +42,43 @@ def plot_det(evaluation: Evaluation, path) -> None:
 
 
 def _row(name: str, s: Score) -> str:
-    by = " / ".join(f"{s.fa_per_hour(k):.2f}" if s.hours[k] else "-" for k in SECTIONS)
+    by = " / ".join(f"{s.fa_per_hour(k):.2f} (≤ {s.fa_bound(k):.2f}, {s.hours[k]:.2f} h)" if s.hours[k] else "-"
+                    for k in SECTIONS)
     return (f"| {name} | {sum(s.hits.values())}/{sum(s.truths.values())} | {s.wrong_events} | "
-            f"{sum(s.misses.values())} | {s.fa_count()} | {s.fa_per_hour():.2f} | {by} | {100 * s.miss_rate():.1f} % |")
+            f"{sum(s.misses.values())} | {s.fa_count()} in {s.total_hours:.2f} h | {s.fa_per_hour():.2f} "
+            f"(≤ {s.fa_bound():.2f}) | {by} | {100 * s.miss_rate():.1f} % |")
+
+
+def info_for(checkpoint: str, split: str, seed: int, pipeline, evaluation: Evaluation) -> dict:
+    """What a report says about the streams a :class:`~sctrain.streameval.pipeline.DetectorPipeline` scored."""
+    keyword_stream = pipeline.runs(split)[0][1]
+    return {"checkpoint": checkpoint, "split": split, "seed": seed, "duration_s": keyword_stream.duration_s,
+            "detector": pipeline.rules.to_dict(), "settings": pipeline.settings.to_dict(),
+            "sections": keyword_stream.sections, "keywords_said": sum(evaluation.default.truths.values()),
+            "audio": pipeline.audio(split), "root": str(pipeline.data.meta["root"]),
+            "noise": [str(p) for p in pipeline.noise]}
 
 
 def markdown(evaluation: Evaluation, info: dict) -> str:
     lines = ["## Keyword spotting on streams", "",
              (f"Checkpoint `{info.get('checkpoint', '?')}`, {info.get('split', '?')} split: "
-              f"{info.get('duration_s', 0) / 60:.1f} min stream, seed {info.get('seed', '?')}, "
-              f"events within {evaluation.tolerance_s:g} s of a word."), "",
+              f"{info.get('duration_s', 0) / 60:.1f} min keyword stream and "
+              f"{info.get('audio', {}).get('negative_hours', 0.0):.2f} h of keyword-free audio, seed "
+              f"{info.get('seed', '?')}, events within {evaluation.tolerance_s:g} s of a word. "
+              + ("The model trained on none of this audio (held-out speakers, the split's own stretch of the noise "
+                 "recordings, noise and babble generated from them)."
+                 if info.get("audio", {}).get("heard_in_training") is False else
+                 "Which audio the model trained on is not recorded for these streams.")), "",
+             "Every rate is false alarms per hour with its 95 % upper bound (≤) and the hours behind it.", "",
              "| thresholds | hits | wrong labels | misses | false alarms | FA/h | FA/h "
              + " / ".join(SECTION_NAMES[k] for k in SECTIONS) + " | miss rate |",
              "|---|---|---|---|---|---|---|---|", _row("default", evaluation.default)]
     if evaluation.calibrated is not None:
         c = evaluation.calibration
         lines.append(_row(f"calibrated ({c.target_fa_per_hour:g}/h per keyword)", evaluation.calibrated))
-        lines += ["", "Calibrated thresholds (validation streams): "
-                  + ", ".join(f"{k} {t:g}{'' if c.met[k] else ' (target not met)'}" for k, t in c.thresholds.items())
+        lines += ["", f"Calibrated thresholds (validation streams, {c.hours:.2f} h; 95 % bound of each keyword FA/h): "
+                  + ", ".join(f"{k} {t:g} (≤ {c.bounds.get(k, float('nan')):.2f}/h"
+                              f"{'' if c.met[k] else ', target not shown'})" for k, t in c.thresholds.items())
                   + "."]
     lines += ["", f"![DET curve]({FILES['png']})", ""]
     return "\n".join(lines)

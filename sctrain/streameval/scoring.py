@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from sctrain.artifacts.labels import FILLER_LABELS
 from sctrain.inference.events import Detection
+from sctrain.streameval.bounds import rate_upper_bound
 from sctrain.streameval.stream import SECTIONS, Stream
 
 TOLERANCE_S = 0.75
@@ -58,6 +59,11 @@ class Score:
         count = self.fa_count(section, label)
         return count / hours if hours else (float("inf") if count else 0.0)
 
+    def fa_bound(self, section: str | None = None, label: str | None = None) -> float:
+        """The 95 % upper bound of :meth:`fa_per_hour` (:mod:`sctrain.streameval.bounds`)."""
+        hours = self.total_hours if section is None else self.hours[section]
+        return rate_upper_bound(self.fa_count(section, label), hours)
+
     def miss_rate(self, label: str | None = None) -> float:
         """Share of the keywords said (of ``label``, or all) that no event named right; 0 when none was said."""
         truths = sum(self.truths.values()) if label is None else self.truths[label]
@@ -73,6 +79,9 @@ class Score:
             "wrong_labels": self.wrong_events, "misses": sum(self.misses.values()),
             "false_alarms": self.fa_count(), "hours": round(self.total_hours, 6),
             "miss_rate": round(self.miss_rate(), 6), "fa_per_hour": round(self.fa_per_hour(), 4),
+            "fa_per_hour_bound": round(self.fa_bound(), 4),
+            "hours_by_section": {s: round(self.hours[s], 6) for s in SECTIONS if self.hours[s]},
+            "fa_per_hour_bound_by_section": {s: round(self.fa_bound(s), 4) for s in SECTIONS if self.hours[s]},
             "fa_per_hour_by_section": {s: round(self.fa_per_hour(s), 4) for s in SECTIONS if self.hours[s]},
             "per_keyword": {k: {"said": self.truths[k], "hits": self.hits[k], "wrong": self.wrong[k],
                                 "misses": self.misses[k], "false_alarms": self.fa_count(label=k),
