@@ -73,8 +73,6 @@ def _check_paths(args: argparse.Namespace) -> None:
 
 def settings_for(args: argparse.Namespace, model):
     """The checkpoint's stream settings (stored with its thresholds, else its config's), flags winning."""
-    import dataclasses as dc
-
     from sctrain.artifacts.detector import StreamSettings
 
     stored = (model.calibration or {}).get("settings")
@@ -82,9 +80,9 @@ def settings_for(args: argparse.Namespace, model):
     flags = {"test_minutes": args.minutes, "test_negative_minutes": args.negative_minutes,
              "validation_minutes": args.validation_minutes, "negative_minutes": args.validation_negative_minutes,
              "target_fa_per_hour": args.target_fa_per_hour, "seed": args.seed}
-    settings = dc.replace(settings, **{k: v for k, v in flags.items() if v is not None})
+    settings = dataclasses.replace(settings, **{k: v for k, v in flags.items() if v is not None})
     if not settings.test_minutes:
-        settings = dc.replace(settings, test_minutes=StreamSettings.test_minutes)
+        settings = dataclasses.replace(settings, test_minutes=StreamSettings.test_minutes)
     return settings
 
 
