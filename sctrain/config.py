@@ -142,6 +142,14 @@ class AugmentConfig:
     snr_db_min: float = doc(5.0, "lowest signal-to-noise ratio of added noise, dB")
     snr_db_max: float = doc(30.0, "highest signal-to-noise ratio of added noise, dB")
     gain_db: float = doc(6.0, "random gain of +-gain_db applied to every training clip (0 = off)")
+    reverb_p: float = doc(0.0, "probability that a clip is reverberated with a room impulse response "
+                               "(before noise is added; 0 = off)")
+    rir_dir: Optional[str] = doc(None, "folder of room impulse response recordings (WAV/FLAC); "
+                                       "unset: responses generated from a room model")
+    rir_count: int = doc(200, "how many impulse responses are generated when rir_dir is unset")
+    rt60_min: float = doc(0.2, "shortest reverberation time (RT60, seconds) of the generated rooms")
+    rt60_max: float = doc(1.0, "longest reverberation time (RT60, seconds) of the generated rooms")
+    rir_seed: int = doc(0, "seed of the generated impulse responses (the same bank on every rank and run)")
     mask_p: float = doc(0.5, "probability of spectrogram masking (SpecAugment) per clip")
     freq_mask: int = doc(8, "widest frequency mask in mel bands")
     time_mask: int = doc(20, "widest time mask in frames")
@@ -150,12 +158,16 @@ class AugmentConfig:
     mixup_alpha: float = doc(0.2, "MixUp Beta(alpha, alpha) parameter")
 
     def __post_init__(self) -> None:
-        for name in ("shift_p", "noise_p", "background_p", "mask_p", "mixup_p"):
+        for name in ("shift_p", "noise_p", "background_p", "reverb_p", "mask_p", "mixup_p"):
             value = getattr(self, name)
             _require(0.0 <= value <= 1.0, f"augment.{name}", f"is a probability, must be in [0, 1], got {value}")
         _require(self.shift_max_ms >= 0, "augment.shift_max_ms", "must be >= 0")
         _require(self.snr_db_min <= self.snr_db_max, "augment.snr_db_min", "must be <= augment.snr_db_max")
         _require(self.gain_db >= 0, "augment.gain_db", "must be >= 0")
+        _require(self.rir_count >= 1, "augment.rir_count", f"must be >= 1, got {self.rir_count}")
+        _require(0 < self.rt60_min <= self.rt60_max, "augment.rt60_min",
+                 f"must be > 0 and <= augment.rt60_max, got {self.rt60_min} and {self.rt60_max}")
+        _require(self.rir_seed >= 0, "augment.rir_seed", f"must be >= 0, got {self.rir_seed}")
         _require(self.freq_mask >= 0 and self.time_mask >= 0, "augment.freq_mask", "mask widths must be >= 0")
         _require(self.num_masks >= 0, "augment.num_masks", "must be >= 0")
         _require(self.mixup_alpha > 0, "augment.mixup_alpha", "must be > 0")

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from sctrain.artifacts.best import save_best
 from sctrain.audio import cpu_kernels
+from sctrain.audio.assets import AugmentAssets
 from sctrain.audio.augment import mixup
 from sctrain.audio.constants import INT16_SCALE
 from sctrain.audio.frontend import FrontEnd
@@ -131,8 +132,8 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)  # 4-D weights; the rest is unchanged
         if cfg.train.sync_bn and self.world > 1:
             self.model = convert_sync_batchnorm(self.model, self.device)  # CPU (gloo) too, unlike torch's
-        background = torch.from_numpy(np.asarray(self.data.background))
-        self.frontend = FrontEnd(cfg.features, cfg.augment, background).to(self.device)
+        assets = AugmentAssets.for_config(cfg.augment, noise=self.data.background)
+        self.frontend = FrontEnd(cfg.features, cfg.augment, assets).to(self.device)
         self.optimizer = make_optimizer(cfg, self.model.parameters())
         # The scheduler is stepped by us, once per optimizer step: Accelerate's wrapper would step it
         # num_processes times, assuming a loader it sharded itself.
