@@ -64,6 +64,11 @@ class DataConfig:
                                     "(1.0 = TF's 10 % with ten keywords); 0 keeps all")
     silence_ratio: float = doc(1.0, "_silence_ clips cut per split, as a multiple of the mean keyword class size "
                                     "(1.0 = TF's 10 % with ten keywords)")
+    negatives: list = doc([], "folders or files of audio without the keywords (any length, rate, WAV/FLAC/OGG): "
+                              "each file goes to one split by the hash split of its name, and its 1 s windows are "
+                              "_unknown_ clips there (training learns from them, the validation and test streams "
+                              "play them); in a word layout the folders named like a keyword and "
+                              "_background_noise_ are left out")
     test_set: str = doc("lists", "test split: 'lists' (testing_list.txt) or 'official' (the released 12-class test "
                                  "set, downloaded once; keyword tasks over the 10 Warden words)")
     cache_dir: Optional[str] = doc(None, "where packed arrays are cached (e.g. a node-local SSD); null = "
@@ -86,6 +91,8 @@ class DataConfig:
         self._check_keywords()
         _require(not (self.task == "kws12" and self.silence is False), "data.silence",
                  "kws12's 12 labels include _silence_; for 11 use data.task=keywords")
+        _require(isinstance(self.negatives, list) and all(isinstance(p, str) and p for p in self.negatives),
+                 "data.negatives", f"must be a list of folders or files, got {self.negatives!r}")
         _require(self.unknown_ratio >= 0, "data.unknown_ratio", "must be >= 0 (0 keeps every non-keyword clip)")
         _require(self.silence_ratio > 0, "data.silence_ratio", "must be > 0 (data.silence=false drops the class)")
         _require(self.test_set in TEST_SETS, "data.test_set", f"must be lists or official, got {self.test_set!r}")
