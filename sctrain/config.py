@@ -347,6 +347,13 @@ class KwsConfig:
     miss_slack: float = doc(StreamSettings.miss_slack, "calibration takes the highest threshold that meets the "
                             "false-alarm bound while the validation miss rate stays within this of the best")
     target_fa_per_hour: float = doc(1.0, "false alarms per hour per keyword that calibration aims at")
+    select_by: str = doc("accuracy", "which checkpoint becomes best_sc.pt: 'accuracy' (validation clip accuracy) or "
+                                     "'detection' (most validation-stream keywords found at target_fa_per_hour, "
+                                     "from select_from of the epochs on)")
+    select_from: float = doc(0.5, "select_by=detection: share of the epochs after which checkpoints are chosen by "
+                                  "detection (before: by clip accuracy)")
+    selection_minutes: float = doc(5.0, "select_by=detection: validation keyword stream each checkpoint is scored on")
+    selection_negative_minutes: float = doc(20.0, "select_by=detection: keyword-free validation audio pooled with it")
     # The detector's rules: calibration chooses thresholds under them and best_sc.pt stores them with the
     # thresholds, so the detector and predict --stream apply both together (docs/streaming.md: the DET curves).
     smooth: int = doc(DetectorRules.smooth, "detector: windows (100 ms apart) averaged before thresholding")
@@ -363,6 +370,11 @@ class KwsConfig:
         _require(self.negative_minutes >= 0, "kws.negative_minutes", "must be >= 0")
         _require(self.test_negative_minutes >= 0, "kws.test_negative_minutes", "must be >= 0")
         _require_fraction(self.miss_slack, "kws.miss_slack")
+        _require(self.select_by in ("accuracy", "detection"), "kws.select_by",
+                 f"must be accuracy or detection, got {self.select_by!r}")
+        _require(0.0 <= self.select_from <= 1.0, "kws.select_from", f"must be in [0, 1], got {self.select_from}")
+        _require(self.selection_minutes >= 0.1, "kws.selection_minutes", "must be >= 0.1")
+        _require(self.selection_negative_minutes >= 0, "kws.selection_negative_minutes", "must be >= 0")
         _require(self.smooth >= 1, "kws.smooth", "must be >= 1")
         _require(self.refractory_ms >= 0, "kws.refractory_ms", "must be >= 0")
 

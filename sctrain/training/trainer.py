@@ -47,6 +47,7 @@ from sctrain.training.distributed import (
 from sctrain.training.evaluate import EvalResult, evaluate
 from sctrain.training.kws import stream_stage
 from sctrain.training.placement import Placement, choose_placement
+from sctrain.training.selection import DetectionSelector
 from sctrain.training.stopping import EXIT_PREEMPTED, GracefulStop
 from sctrain.utils import atomic_write_text, json_text
 
@@ -156,6 +157,8 @@ class Trainer:
         self.batches = self.placement.train_batches(cfg.train.batch_size, self.sampler, self.drop_last,
                                                     cfg.data.num_workers, cfg.data.pin_memory, self.stop, self.world)
 
+        # Every rank scores the same streams the same way: all agree on the best without a broadcast.
+        self.selector = DetectionSelector(cfg, self.data, self.labels) if cfg.kws.select_by == "detection" else None
         self.checkpointer = Checkpointer(self.out, cfg.train.checkpoint_every, cfg.train.keep_last,
                                          self.is_main, self.world, self.rank,
                                          global_batch=cfg.train.batch_size * self.world)
@@ -355,18 +358,31 @@ class Trainer:
             sync_buffers(self.accelerator, self.raw_model)  # all ranks evaluate (rank 0 saves) rank 0's BN stats
             val = self.evaluate("validation")
             self.check_finite()  # before best_sc.pt: NaN logits still score some accuracy
-            improved = val.accuracy > p.best_val_acc
+            metrics = {"val_acc": val.accuracy, "val_loss": val.loss, "epoch": epoch, "step": p.global_step}
+            selection = None
+            if self.selector is not None and self.selector.active(epoch):
+                selection = self.selector.score(self.raw_model, self.frontend.logmel, self.device)
+                metrics.update(val_keywords_found=selection.keywords_found, selection_hours=selection.hours)
+                self.tracker.log_selection(p.global_step, epoch, {
+                    "keywords_found": selection.keywords_found, "fa_per_hour_bound": selection.fa_per_hour_bound,
+                    "hours": selection.hours})
+                # The first detection-scored checkpoint beats every accuracy-chosen one (best_keywords_found -1).
+                improved = (selection.keywords_found, val.accuracy) > (p.best_keywords_found, p.best_val_acc)
+            else:
+                improved = val.accuracy > p.best_val_acc
             if improved:
                 p.best_val_acc, p.best_epoch = val.accuracy, epoch
+                if selection is not None:
+                    p.best_keywords_found = selection.keywords_found
                 if self.is_main:
-                    save_best(self.out / "best_sc.pt", self.raw_model, self.labels, cfg.to_dict(),
-                                         {"val_acc": val.accuracy, "val_loss": val.loss, "epoch": epoch,
-                                          "step": p.global_step})
+                    save_best(self.out / "best_sc.pt", self.raw_model, self.labels, cfg.to_dict(), metrics)
             examples = collect_examples(self.raw_model, self.frontend, self.data.split("validation"), self.labels,
                                         self.tracker.wants_examples, self.device)  # None unless W&B wants them
             self.tracker.log_eval(p.global_step, epoch, "validation", val, examples)
-            log.info("epoch %d/%d: val acc %.4f loss %.4f%s", epoch + 1, cfg.train.epochs, val.accuracy, val.loss,
-                     " (best, saved best_sc.pt)" if improved else "")
+            found = (f", keywords found {100 * selection.keywords_found:.1f} % at <= {selection.fa_per_hour_bound:.1f} "
+                     f"FA/h (95 % bound, {selection.hours:.2f} h of validation streams)" if selection else "")
+            log.info("epoch %d/%d: val acc %.4f loss %.4f%s%s", epoch + 1, cfg.train.epochs, val.accuracy, val.loss,
+                     found, " (best, saved best_sc.pt)" if improved else "")
             # A train.max_steps stop inside the epoch leaves the state there: a longer run resumed from it
             # trains the rest of the epoch instead of skipping it.
             if p.step_in_epoch >= self.steps_per_epoch:
