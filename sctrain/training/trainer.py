@@ -106,9 +106,30 @@ def class_weights(data: PackedDataset, device: torch.device) -> torch.Tensor:
 
 
 class Trainer:
-    """One training run: the parts, built once, and the methods that use them."""
+    """One training run: the parts, built once, and the methods that use them.
+
+    A context manager: leaving the block closes the parts (progress bar, signal handlers, loader workers,
+    tracker) and releases the run folder's lock; a constructor that fails after taking the lock releases it
+    before raising, so ``with Trainer(cfg) as trainer:`` is the whole lifecycle.
+    """
 
     def __init__(self, cfg: Config) -> None:
+        try:
+            self._build(cfg)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+
+    def __enter__(self) -> "Trainer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.close()
+        finally:
+            rundir.release()
+
+    def _build(self, cfg: Config) -> None:
         self.cfg = cfg
         self.accelerator = acc = make_accelerator(cfg)
         self.device = acc.device
@@ -448,22 +469,21 @@ class Trainer:
         return prediction
 
     def close(self) -> None:
+        """Close what was built (all of it after a run; the parts made so far after a failed constructor)."""
         if getattr(self, "bar", None) is not None:
             self.bar.close()  # after an error too: its message then starts a line of its own
-        self.stop.uninstall()
-        self.batches.close()  # persistent loader workers end with the run
-        self.tracker.finish()  # no-op after finish(); after preemption or an error, records the exit code
+        if hasattr(self, "stop"):
+            self.stop.uninstall()
+        if hasattr(self, "batches"):
+            self.batches.close()  # persistent loader workers end with the run
+        if hasattr(self, "tracker"):
+            self.tracker.finish()  # no-op after finish(); after preemption or an error, records the exit code
 
 
 def train(cfg: Config) -> dict:
     """Train, then test the best checkpoint; returns the results dict (the same on every rank)."""
     try:
-        trainer = Trainer(cfg)
-        try:
-            info = trainer.fit()
-            return trainer.finish(info)
-        finally:
-            trainer.close()
+        with Trainer(cfg) as trainer:
+            return trainer.finish(trainer.fit())
     finally:
-        rundir.release()  # also when Trainer() failed after taking the lock
         shutdown()  # every rank, on success and on error: no teardown crash after a peer exits
