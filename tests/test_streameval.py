@@ -24,9 +24,9 @@ from sctrain.inference.events import Detection, EventDecoder
 from sctrain.streameval import build_stream, calibrate, det_curve, evaluate, score_events
 from sctrain.streameval.bounds import hours_needed, rate_upper_bound
 from sctrain.streameval.data import noise_recordings, split_clips
+from sctrain.streameval.mixed_stream import Stream, Word
 from sctrain.streameval.posteriors import window_count
 from sctrain.streameval.report import write_report
-from sctrain.streameval.stream import Stream, Word
 
 LABELS = ["yes", "no", "up", "_unknown_", "_silence_"]
 HOP = SAMPLE_RATE // 10

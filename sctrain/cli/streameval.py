@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="print the JSON document instead of a summary")
     p.add_argument("--threads", type=int, default=1, help="PyTorch intra-op threads (default 1)")
     args = p.parse_args(argv)
-    from sctrain.streameval.stream import LAYOUT  # numpy only: --help and bad arguments stay quick
+    from sctrain.streameval.mixed_stream import LAYOUT  # numpy only: --help and bad arguments stay quick
 
     for flag in ("minutes", "validation_minutes"):
         value = getattr(args, flag)

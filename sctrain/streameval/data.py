@@ -12,7 +12,7 @@ from sctrain.artifacts.labels import FILLER_LABELS, UNKNOWN
 from sctrain.audio.io import read_audio
 from sctrain.data.dataset import PackedDataset
 from sctrain.data.speechcommands import NOISE_STRETCH
-from sctrain.streameval.stream import LAYOUT, Stream, build_stream
+from sctrain.streameval.mixed_stream import LAYOUT, Stream, build_stream
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 

@@ -24,9 +24,9 @@ from sctrain.inference.loading import LoadedModel
 from sctrain.inference.streaming import model_thresholds
 from sctrain.streameval.calibrate import Calibration, calibrate
 from sctrain.streameval.data import file_streams, negative_streams, split_stream
-from sctrain.streameval.det import Run, sweep_scores
 from sctrain.streameval.evaluate import Evaluation, evaluate
 from sctrain.streameval.posteriors import stream_posteriors
+from sctrain.streameval.sweep import Run, sweep_scores
 
 log = logging.getLogger(__name__)
 
