@@ -69,6 +69,8 @@ class DataConfig:
                               "_unknown_ clips there (training learns from them, the validation and test streams "
                               "play them); in a word layout the folders named like a keyword and "
                               "_background_noise_ are left out")
+    train_negatives: list = doc([], "like negatives, but every window goes to the training split (audio cut "
+                                    "from the training side already, such as mined false alarms)")
     test_set: str = doc("lists", "test split: 'lists' (testing_list.txt) or 'official' (the released 12-class test "
                                  "set, downloaded once; keyword tasks over the 10 Warden words)")
     cache_dir: Optional[str] = doc(None, "where packed arrays are cached (e.g. a node-local SSD); null = "
@@ -91,8 +93,10 @@ class DataConfig:
         self._check_keywords()
         _require(not (self.task == "kws12" and self.silence is False), "data.silence",
                  "kws12's 12 labels include _silence_; for 11 use data.task=keywords")
-        _require(isinstance(self.negatives, list) and all(isinstance(p, str) and p for p in self.negatives),
-                 "data.negatives", f"must be a list of folders or files, got {self.negatives!r}")
+        for key in ("negatives", "train_negatives"):
+            value = getattr(self, key)
+            _require(isinstance(value, list) and all(isinstance(p, str) and p for p in value),
+                     f"data.{key}", f"must be a list of folders or files, got {value!r}")
         _require(self.unknown_ratio >= 0, "data.unknown_ratio", "must be >= 0 (0 keeps every non-keyword clip)")
         _require(self.silence_ratio > 0, "data.silence_ratio", "must be > 0 (data.silence=false drops the class)")
         _require(self.test_set in TEST_SETS, "data.test_set", f"must be lists or official, got {self.test_set!r}")
@@ -266,6 +270,8 @@ class TrainConfig:
     log_every: int = doc(20, "steps between training-metric log lines")
     checkpoint_every: int = doc(200, "steps between full training-state saves (0 = only at epoch ends)")
     keep_last: int = doc(2, "training states kept in output_dir/state (older ones are deleted)")
+    init_from: Optional[str] = doc(None, "a best_sc.pt whose weights this run starts from (fine-tuning, e.g. a "
+                                         "mining round: python -m sctrain.mine); the labels and model must match")
     resume: str = doc("auto", "'auto' (resume from output_dir/state when present), 'never' (start over; earlier "
                               "states move to output_dir/state.replaced-*), or a state folder to start from "
                               "(output_dir's own states win once they exist)")

@@ -447,7 +447,7 @@ def plan_labels(root: Path, task: str, words: list[str], keywords: list[str] = (
 def scan_dataset(root: Path, task: str = "all", unknown_ratio: float = 1.0, silence_ratio: float = 1.0,
                  seed: int = 0, *, keywords: list[str] = (), silence: Optional[bool] = None,
                  lists_dir: Optional[Path] = None, test_root: Optional[Path] = None,
-                 negatives: Sequence[str | Path] = ()) -> DatasetIndex:
+                 negatives: Sequence[str | Path] = (), train_negatives: Sequence[str | Path] = ()) -> DatasetIndex:
     """Index the clips under ``root`` into train/validation/test splits for ``task`` (see :func:`plan_labels`).
 
     Following Warden 2018 and the TensorFlow ``speech_commands`` reference (``input_data.py``), per split
@@ -463,20 +463,22 @@ def scan_dataset(root: Path, task: str = "all", unknown_ratio: float = 1.0, sile
     ``test_root``: the extracted official test set, which then is the test split (the listed test clips
     are left out: the same speakers). ``negatives``: ``data.negatives`` (:mod:`sctrain.data.negatives`), every
     1 s window an ``_unknown_`` clip of its file's split, all kept (``unknown_ratio`` is for the word
-    folders). A label without training clips is a :class:`DatasetError`.
+    folders); ``train_negatives`` the same, all in the training split. A label without training clips is a
+    :class:`DatasetError`.
     """
     root = Path(root)
     files = word_clips(root)
     words = list(files)
     silence = task != "all" if silence is None else silence
-    plan = plan_labels(root, task, words, list(keywords), silence, negatives=bool(negatives))
+    plan = plan_labels(root, task, words, list(keywords), silence, negatives=bool(negatives or train_negatives))
     split_of = _read_split_lists(Path(lists_dir or root), root, {p for paths in files.values() for p in paths})
     background = (sorted(p for p in (root / BACKGROUND_DIR).iterdir() if is_clip_name(p.name))
                   if (root / BACKGROUND_DIR).is_dir() else [])
     splits = _splits(root, plan, files, split_of, background, unknown_ratio, silence_ratio, seed)
-    if negatives:
-        for split, clips in negative_windows(root, negatives, plan).items():
-            splits[split] += clips
+    for entries, split in ((negatives, None), (train_negatives, "train")):
+        if entries:
+            for name, clips in negative_windows(root, entries, plan, split).items():
+                splits[name] += clips
     if test_root is not None:
         splits["test"] = official_test_clips(Path(test_root), plan, root)
     _check_classes(root, plan, splits, files)
@@ -546,8 +548,10 @@ def _splits(root: Path, plan: LabelPlan, files: dict[str, list[str]], split_of: 
     return splits
 
 
-def negative_windows(root: Path, negatives: Sequence[str | Path], plan: LabelPlan) -> dict[str, list[Clip]]:
-    """Each split's ``_unknown_`` windows of the ``negatives`` files (:mod:`sctrain.data.negatives`)."""
+def negative_windows(root: Path, negatives: Sequence[str | Path], plan: LabelPlan,
+                     split: Optional[str] = None) -> dict[str, list[Clip]]:
+    """Each split's ``_unknown_`` windows of the ``negatives`` files (:mod:`sctrain.data.negatives`), by the
+    hash of each file's name, or all in ``split``."""
     from sctrain.data.hashsplit import which_set  # it imports this module
     from sctrain.data.negatives import NegativesError, negative_files, window_offsets
 
@@ -556,11 +560,11 @@ def negative_windows(root: Path, negatives: Sequence[str | Path], plan: LabelPla
     try:
         files = negative_files(negatives, plan.targets)
         for path in files:
-            clips = out[split_name[which_set(path.name)]]
+            clips = out[split or split_name[which_set(path.name)]]
             clips += [Clip(_within(path, root), plan.unknown, offset, window=True) for offset in window_offsets(path)]
     except NegativesError as e:
         raise DatasetError(str(e)) from None
-    log.info("data.negatives: %d files, %s 1 s windows of _unknown_", len(files),
+    log.info("data.%s: %d files, %s 1 s windows of _unknown_", "train_negatives" if split else "negatives", len(files),
              " / ".join(f"{s} {len(c)}" for s, c in out.items()))
     return out
 

@@ -22,7 +22,7 @@ from sctrain.audio.assets import AugmentAssets
 from sctrain.audio.augment import mixup
 from sctrain.audio.constants import INT16_SCALE
 from sctrain.audio.frontend import FrontEnd
-from sctrain.config import Config, dump_config
+from sctrain.config import Config, ConfigError, dump_config
 from sctrain.data.dataset import PackedDataset
 from sctrain.data.pack import load_dataset
 from sctrain.data.sampler import BalancedDistributedSampler
@@ -150,6 +150,8 @@ class Trainer:
         # Same initial weights on every rank (DDP also broadcasts them), then per-rank augmentation streams.
         torch.manual_seed(cfg.train.seed)
         self.model = create_model(cfg.model, cfg.features, len(self.labels))
+        if cfg.train.init_from:
+            self._init_weights(cfg.train.init_from)
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)  # 4-D weights; the rest is unchanged
         if cfg.train.sync_bn and self.world > 1:
@@ -467,6 +469,22 @@ class Trainer:
         log.info("single-clip prediction: %s -> %s (p=%.3f, true %s)", prediction["file"], prediction["predicted"],
                  prediction["prob"], prediction["true"])
         return prediction
+
+    def _init_weights(self, path: str) -> None:
+        """Start from the weights of the ``best_sc.pt`` at ``path`` (train.init_from): same labels, same model."""
+        from sctrain.artifacts.best import load_best
+
+        best = load_best(path)  # CheckpointError (one line) for a missing or foreign file
+        if list(best["labels"]) != self.labels:
+            raise ConfigError(f"config key 'train.init_from': {path} has labels {best['labels']}, this run "
+                              f"{self.labels}")
+        try:
+            self.model.load_state_dict(best["model"])
+        except RuntimeError as e:
+            raise ConfigError(f"config key 'train.init_from': the weights of {path} do not fit this run's "
+                              f"{self.cfg.model.name} ({str(e).strip().splitlines()[-1].strip()})") from None
+        if self.is_main:
+            log.info("weights from %s (epoch %s)", path, best.get("metrics", {}).get("epoch"))
 
     def close(self) -> None:
         """Close what was built (all of it after a run; the parts made so far after a failed constructor)."""
