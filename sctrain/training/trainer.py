@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from sctrain.artifacts.best import save_best
+from sctrain.artifacts.best import load_best, save_best
 from sctrain.audio import cpu_kernels
 from sctrain.audio.assets import AugmentAssets
 from sctrain.audio.augment import mixup
@@ -472,8 +472,6 @@ class Trainer:
 
     def _init_weights(self, path: str) -> None:
         """Start from the weights of the ``best_sc.pt`` at ``path`` (train.init_from): same labels, same model."""
-        from sctrain.artifacts.best import load_best
-
         best = load_best(path)  # CheckpointError (one line) for a missing or foreign file
         if list(best["labels"]) != self.labels:
             raise ConfigError(f"config key 'train.init_from': {path} has labels {best['labels']}, this run "
