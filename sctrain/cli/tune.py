@@ -55,6 +55,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("sctrain.tune: interrupted; run the same command again to continue the study", file=sys.stderr)
         return 130
+    except SystemExit as e:
+        from sctrain.training.trainer import Preempted
+        if isinstance(e, Preempted):  # a signal stopped a trial after saving its state
+            print(f"sctrain.tune: stopped in a trial after step {e.step} (state {e.state}); run the same command "
+                  "again to continue the study: the trial resumes from that state", file=sys.stderr)
+        raise
     except (ConfigError, DatasetError, CheckpointError, RunDirError) as e:
         print(f"sctrain.tune: error: {e}", file=sys.stderr)
         return EXIT_ERROR

@@ -30,7 +30,7 @@ class WeightAverage:
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
         """After an optimizer step: fold the new weights in (the first update copies them), copy the buffers."""
-        self.averaged.update_parameters(model)
+        self.averaged.update_parameters(model)  # the host waits for the device: it reads n_averaged, once a step
         self.copy_buffers(model)
 
     @torch.no_grad()

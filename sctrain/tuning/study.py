@@ -88,11 +88,13 @@ class EpochMonitor:
         self.last = now
         self.epochs_run += 1
         self.trial.report(float(metrics["val_acc"]), epoch)
+        if epoch + 1 >= self.epochs:
+            return False  # trained to the end: pruning now would save nothing and skip the run's test
         if self.trial.should_prune():
             self.pruned = True
             return True
         mean = sum(self.epoch_seconds) / len(self.epoch_seconds)
-        if self.deadline is not None and epoch + 1 < self.epochs and now + mean > self.deadline:
+        if self.deadline is not None and now + mean > self.deadline:
             self.cut_by_budget = True
             log.info("trial %d: the next epoch would end past the budget: stopping after epoch %d of %d",
                      self.trial.number, epoch + 1, self.epochs)
