@@ -90,13 +90,22 @@ def test_a_pruned_trial_stops_after_its_first_epoch(synthetic_root, tmp_path):
     assert row["pruned"] and row["epochs_run"] == 1 and row["val_acc"] == trial.intermediate_values[0]
 
 
-def test_the_budget_cuts_the_running_trial_and_starts_no_other(synthetic_root, tmp_path):
-    spec = make_spec(synthetic_root, tmp_path / "study", "train.epochs=2", budget_minutes=0.001)
-    summary = run_study(spec, trials=3, pruner="none")
+def test_the_budget_cuts_the_running_trial_and_starts_no_other(synthetic_root, tmp_path, capsys):
+    # Through the command line: its options make the same study (the default storage in --dir).
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(SPACE))
+    study_dir = tmp_path / "study"
+    rc = tune_cli.main(["--config", CONFIG, "--trials", "3", "--budget-minutes", "0.001", "--space", str(space),
+                        "--dir", str(study_dir), "--pruner", "none", f"data.root={synthetic_root}", *TINY,
+                        "train.epochs=2"])
+    assert rc == 0
+    summary = json.loads((study_dir / "study.json").read_text())
     (row,) = summary["trials"]
     assert row["state"] == "complete" and row["cut_by_budget"] and row["epochs_run"] == 1
     assert row["test_acc"] is not None  # a cut trial is still a finished run, tested
-    assert "(budget cut)" in (spec.study_dir / "study.md").read_text()
+    assert summary["study"] == "debug" and summary["storage"] == f"sqlite:///{(study_dir / 'optuna.db').resolve()}"
+    assert "(budget cut)" in (study_dir / "study.md").read_text()
+    assert f"best trial 0 (val acc {row['val_acc']:.4f}) in {row['run_dir']}" in capsys.readouterr().out
 
 
 def test_an_interrupted_trial_resumes_in_its_folder(synthetic_root, tmp_path):
