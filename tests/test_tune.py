@@ -172,3 +172,15 @@ def test_missing_optuna_names_the_extra(monkeypatch, capsys):
     assert tune_cli.main(["--config", CONFIG, "--trials", "1"]) == 2
     assert capsys.readouterr().err.strip() == ('sctrain.tune: error: python -m sctrain.tune needs Optuna: '
                                                'pip install -e ".[tune]"')
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--trials", "0"], "--trials must be >= 1, got 0"),
+    (["--trials", "1", "--pruner", "bogus"], "--pruner must be one of median, hyperband, none, got 'bogus'"),
+    (["--trials", "1", "--budget-minutes", "0"], "--budget-minutes must be > 0"),
+    (["--trials", "1", "--storage", "nosuch://db"], "--storage nosuch://db: "),
+])
+def test_bad_options_are_one_line_errors(options, message, tmp_path, capsys):
+    assert tune_cli.main(["--config", CONFIG, "--dir", str(tmp_path / "s"), *options]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"sctrain.tune: error: {message}")
