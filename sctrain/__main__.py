@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "report": ("sctrain.cli.report", "regenerate a run's plots and report.md"),
     "synth": ("sctrain.cli.synth", "write a generated SpeechCommands-layout dataset"),
     "bench": ("sctrain.bench.__main__", "benchmarks: pipeline, scaling, latency, models"),
+    "tune": ("sctrain.cli.tune", "search hyperparameters with Optuna, every trial an sctrain run (docs/tuning.md)"),
     "streameval": ("sctrain.cli.streameval", "keyword-spotting streams: hits, misses, false alarms per hour, DET"),
 }
 

@@ -256,6 +256,9 @@ class TrainConfig:
     weight_decay: float = doc(0.01, "weight decay (AdamW's decoupled one, or sgd's L2 term)")
     label_smoothing: float = doc(0.0, "label smoothing of the cross-entropy loss")
     grad_clip: float = doc(0.0, "clip the gradient norm to this value (0 = off)")
+    ema_decay: float = doc(0.0, "exponential moving average of the weights, updated after every optimizer step "
+                                "with this decay (e.g. 0.999; 0 = off); when on, validation scores the average "
+                                "and best_sc.pt holds it (BatchNorm statistics copied from the trained model)")
     balance: str = doc("sampler", "class balance: 'sampler' (weighted sampler), 'loss' (class-weighted loss) or 'none'")
     seed: int = doc(0, "seed of the sampler, augmentation and initialisation")
     precision: str = doc("auto", "auto (bf16 on GPUs that support it, fp32 on CPU), no, bf16 or fp16")
@@ -291,6 +294,7 @@ class TrainConfig:
         _require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
         _require(0 <= self.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)")
         _require(self.grad_clip >= 0, "train.grad_clip", "must be >= 0")
+        _require(0 <= self.ema_decay < 1, "train.ema_decay", f"must be in [0, 1) (0 = off), got {self.ema_decay}")
         _require(self.balance in ("sampler", "loss", "none"), "train.balance", f"must be sampler, loss or none, got "
                                                                                f"{self.balance!r}")
         _require(self.precision in ("auto", "no", "bf16", "fp16"), "train.precision", f"must be auto, no, bf16 or "
@@ -504,6 +508,19 @@ def _all_keys(cls: type = Config, prefix: str = "") -> list[str]:
         else:
             keys.append(prefix + f.name)
     return keys
+
+
+def key_type(key: str) -> Any:
+    """The value type of the dotted config key ``key`` (``X`` for ``Optional[X]``); ConfigError (one line) for an
+    unknown key or a section."""
+    if key not in _all_keys():
+        if any(k.startswith(key + ".") for k in _all_keys()):
+            raise ConfigError(f"config key '{key}' is a section, not a value")
+        raise _unknown(key)
+    cls: Any = Config
+    for part in key.split("."):
+        cls = _field_type(cls, next(f for f in dataclasses.fields(cls) if f.name == part))
+    return _is_optional(cls)[1]
 
 
 def _unknown(key: str) -> ConfigError:

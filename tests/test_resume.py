@@ -24,6 +24,7 @@ from support import (
     wait_for,
 )
 
+from sctrain.artifacts.best import load_best
 from sctrain.training.checkpoint.files import list_states, load_state
 from sctrain.training.stopping import EXIT_PREEMPTED
 
@@ -125,6 +126,28 @@ def test_device_placement_trains_like_the_loader_and_resumes_exactly(synthetic_r
     text = finish(cmd, tmp_path / "2-final.log")
     assert resumed_step(text) == stopped
     assert_same_weights(out, reference_1proc)
+
+
+def test_weight_average_resumes_exactly(synthetic_root, tmp_path):
+    """``train.ema_decay``: the average is part of the training state, so a run stopped by SIGTERM mid-epoch and
+    resumed ends with the same average (and best_sc.pt, which holds it) as an uninterrupted one."""
+    def command(out: Path) -> list[str]:
+        return [sys.executable, "-m", "sctrain", *sctrain_args(synthetic_root, out, 1), "train.ema_decay=0.9"]
+
+    one_thread = {"OMP_NUM_THREADS": "1"}  # both runs alike; OpenMP stalls on an oversubscribed machine
+    reference, out = tmp_path / "reference", tmp_path / "run"
+    finish(command(reference), tmp_path / "reference.log", one_thread)
+    log = tmp_path / "1-sigterm.log"
+    proc = start(command(out), log, one_thread)
+    wait_for(state_at_least(out, 2), proc, log, "the first state")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(TIMEOUT) == EXIT_PREEMPTED, log.read_text()[-3000:]
+    stopped = newest_step(out)
+    assert stopped < 12 and load_state(list_states(out)[0])["ema"]["n_averaged"] == stopped
+    text = finish(command(out), tmp_path / "2-final.log", one_thread)
+    assert resumed_step(text) == stopped
+    assert_same_weights(out, reference)
+    assert load_best(out / "best_sc.pt")["metrics"]["weights"] == "ema"
 
 
 def test_corrupt_newest_state_falls_back_to_the_previous_one(synthetic_root, reference_1proc, tmp_path):

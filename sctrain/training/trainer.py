@@ -9,7 +9,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from sctrain.models.registry import count_parameters, create_model
 from sctrain.models.syncbn import convert_sync_batchnorm
 from sctrain.tracking.tracker import collect_examples, make_tracker
 from sctrain.training import rundir
+from sctrain.training.averaging import WeightAverage
 from sctrain.training.checkpoint import files as checkpoint
 from sctrain.training.checkpoint.policy import Checkpointer, Progress
 from sctrain.training.distributed import (
@@ -164,6 +165,7 @@ class Trainer:
         self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
         self.raw_model = acc.unwrap_model(self.model)
         self.step_model = compile_for_training(self.model, cfg) if cfg.train.compile else self.model
+        self.ema = WeightAverage(self.raw_model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
         torch.manual_seed(cfg.train.seed * 1000 + 1 + self.rank)
 
         self.sampler = BalancedDistributedSampler(train_split.labels, len(self.labels), self.world, self.rank,
@@ -221,7 +223,14 @@ class Trainer:
         parts = {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler}
         if self.accelerator.scaler is not None:
             parts["scaler"] = self.accelerator.scaler
+        if self.ema is not None:
+            parts["ema"] = self.ema
         return parts
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """What validation scores and best_sc.pt holds: the weight average when train.ema_decay is on."""
+        return self.ema.model if self.ema is not None else self.raw_model
 
     def _find_resume_state(self) -> tuple[Optional[Path], Optional[dict]]:
         mode = self.cfg.train.resume
@@ -287,6 +296,8 @@ class Trainer:
         if cfg.train.grad_clip > 0:
             self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.raw_model)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
@@ -363,7 +374,10 @@ class Trainer:
         return evaluate(model or self.raw_model, self.frontend, batches, self.labels, self.device,
                         autocast=self.accelerator.autocast)
 
-    def fit(self) -> dict:
+    def fit(self, on_epoch: Optional[Callable[[int, dict], bool]] = None) -> dict:
+        """Train to the end (or a stop); ``on_epoch(epoch, metrics)`` is called after each epoch's validation and
+        state save, on every rank, and training stops there when it returns true (a tuner's pruning: it must
+        answer alike on every rank)."""
         cfg, p = self.cfg, self.progress
         rates = []
         if self.is_main:
@@ -373,18 +387,25 @@ class Trainer:
                      self.accelerator.mixed_precision, self.steps_per_epoch, cfg.train.batch_size)
             if self.device.type == "cpu":
                 log.info("front end on the CPU: %s", cpu_kernels.describe())
+            if self.ema is not None:
+                log.info("validation and best_sc.pt use the exponential moving average of the weights (decay %g)",
+                         cfg.train.ema_decay)
         fit_t0 = time.perf_counter()
+        stopped_by_callback = False
         while p.epoch < cfg.train.epochs and not self.step_budget_spent() and not self.target_reached():
             epoch = p.epoch
             if p.step_in_epoch < self.steps_per_epoch:
                 rates.append(self.train_epoch(epoch))
             sync_buffers(self.accelerator, self.raw_model)  # all ranks evaluate (rank 0 saves) rank 0's BN stats
-            val = self.evaluate("validation")
+            if self.ema is not None:
+                self.ema.copy_buffers(self.raw_model)
+            val = self.evaluate("validation", self.eval_model)
             self.check_finite()  # before best_sc.pt: NaN logits still score some accuracy
-            metrics = {"val_acc": val.accuracy, "val_loss": val.loss, "epoch": epoch, "step": p.global_step}
+            metrics = {"val_acc": val.accuracy, "val_loss": val.loss, "epoch": epoch, "step": p.global_step,
+                       **self._weights_info()}
             selection = None
             if self.selector is not None and self.selector.active(epoch):
-                selection = self.selector.score(self.raw_model, self.frontend.logmel, self.device)
+                selection = self.selector.score(self.eval_model, self.frontend.logmel, self.device)
                 metrics.update(val_keywords_found=selection.keywords_found, selection_hours=selection.hours)
                 self.tracker.log_selection(p.global_step, epoch, {
                     "keywords_found": selection.keywords_found, "fa_per_hour_bound": selection.fa_per_hour_bound,
@@ -398,8 +419,8 @@ class Trainer:
                 if selection is not None:
                     p.best_keywords_found = selection.keywords_found
                 if self.is_main:
-                    save_best(self.out / "best_sc.pt", self.raw_model, self.labels, cfg.to_dict(), metrics)
-            examples = collect_examples(self.raw_model, self.frontend, self.data.split("validation"), self.labels,
+                    save_best(self.out / "best_sc.pt", self.eval_model, self.labels, cfg.to_dict(), metrics)
+            examples = collect_examples(self.eval_model, self.frontend, self.data.split("validation"), self.labels,
                                         self.tracker.wants_examples, self.device)  # None unless W&B wants them
             self.tracker.log_eval(p.global_step, epoch, "validation", val, examples)
             found = (f", keywords found {100 * selection.keywords_found:.1f} % at <= {selection.fa_per_hour_bound:.1f} "
@@ -411,18 +432,25 @@ class Trainer:
             if p.step_in_epoch >= self.steps_per_epoch:
                 p.epoch, p.step_in_epoch = epoch + 1, 0
             self.save_state()
+            if on_epoch is not None and on_epoch(epoch, metrics):
+                stopped_by_callback = True
+                break
         if p.best_epoch < 0:  # nothing left to train from a state another folder's run saved (train.resume=PATH)
-            val = self.evaluate("validation")
+            val = self.evaluate("validation", self.eval_model)
             p.best_val_acc, p.best_epoch = val.accuracy, max(0, p.epoch - 1)
             if self.is_main:
-                save_best(self.out / "best_sc.pt", self.raw_model, self.labels, cfg.to_dict(),
-                                     {"val_acc": val.accuracy, "val_loss": val.loss, "epoch": p.best_epoch,
-                                      "step": p.global_step})
+                save_best(self.out / "best_sc.pt", self.eval_model, self.labels, cfg.to_dict(),
+                          {"val_acc": val.accuracy, "val_loss": val.loss, "epoch": p.best_epoch,
+                           "step": p.global_step, **self._weights_info()})
         self.accelerator.wait_for_everyone()
         dump_weight_digest(self.raw_model, self.rank, self.world)  # debug hook, only with $SCTRAIN_DUMP_WEIGHTS_DIR
         return {"train_clips_per_s": float(np.mean(rates)) if rates else None,
                 "fit_seconds": time.perf_counter() - fit_t0, "placement": self.placement.kind,
-                "stopped_at_val_acc": self.target_reached()}
+                "stopped_at_val_acc": self.target_reached(), "stopped_by_callback": stopped_by_callback}
+
+    def _weights_info(self) -> dict:
+        """Which weights an evaluation scored, for the checkpoint's metrics."""
+        return {"weights": "ema", "ema_decay": self.cfg.train.ema_decay} if self.ema is not None else {}
 
     # ------------------------------------------------------------------------------------ finish
     def finish(self, train_info: dict) -> dict:

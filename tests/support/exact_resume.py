@@ -40,6 +40,11 @@ def assert_same_weights(out: Path, reference: Path) -> None:
     assert state["progress"] == ref_state["progress"]
     for key, tensor in ref_state["model"].items():
         assert torch.equal(state["model"][key], tensor), f"{last.name}: {key} differs"
+    assert ("ema" in state) == ("ema" in ref_state)
+    if "ema" in ref_state:  # train.ema_decay: the average and its update count continue where they stopped
+        assert state["ema"]["n_averaged"] == ref_state["ema"]["n_averaged"]
+        for key, tensor in ref_state["ema"]["weights"].items():
+            assert torch.equal(state["ema"]["weights"][key], tensor), f"{last.name}: ema {key} differs"
     for (i, a), b in zip(ref_state["optimizer"]["state"].items(), state["optimizer"]["state"].values()):
         for name in a:
             assert torch.equal(torch.as_tensor(a[name]), torch.as_tensor(b[name])), f"optimizer state {i}.{name}"

@@ -15,14 +15,21 @@ def trainer_for(cfg):
         yield trainer
 
 
-def train_on_one_thread(cfg) -> dict:
-    """``train(cfg)`` on one thread, as the session fixtures train their models: on a shared, oversubscribed CI
-    machine OpenMP's parallel regions stall on descheduled threads and take several times longer."""
-    from sctrain.training.trainer import train
-
+@contextlib.contextmanager
+def one_torch_thread():
+    """torch on one thread inside the block: on a shared, oversubscribed CI machine OpenMP's parallel regions stall
+    on descheduled threads and take several times longer."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return train(cfg)
+        yield
     finally:
         torch.set_num_threads(threads)
+
+
+def train_on_one_thread(cfg) -> dict:
+    """``train(cfg)`` on one thread, as the session fixtures train their models (:func:`one_torch_thread`)."""
+    from sctrain.training.trainer import train
+
+    with one_torch_thread():
+        return train(cfg)

@@ -1,0 +1,1 @@
+"""Hyperparameter search over sctrain runs (``python -m sctrain.tune``), on Optuna."""
