@@ -49,19 +49,20 @@ def memory_bytes() -> Optional[int]:
         return None
 
 
-def stream_size_problem(minutes: dict[str, float]) -> Optional[str]:
-    """Why streams of these lengths (``{key or flag: minutes}``) would not fit in this machine's memory, naming
-    the longest, or None. Every stream is held whole while it is scored (``STREAM_BYTES_PER_MINUTE``); checked
-    before training or streaming starts, so a run does not end in a MemoryError after hours of work."""
+def stream_size_problem(minutes: dict[str, float]) -> Optional[tuple[str, str]]:
+    """``(name, why)`` when streams of these lengths (``{key or flag: minutes}``) would not fit in this machine's
+    memory, ``name`` the longest; else None. Every stream is held whole while it is scored and replayed
+    (:data:`STREAM_BYTES_PER_MINUTE`), beside the model and the posteriors, so more than half the memory is
+    refused: checked before training or streaming starts, not met as a MemoryError after hours of work."""
     limit = memory_bytes()
-    need = sum(minutes.values()) * STREAM_BYTES_PER_MINUTE
-    if limit is None or need <= limit / 2:
+    total = sum(minutes.values())
+    if limit is None or total * STREAM_BYTES_PER_MINUTE <= limit / 2:
         return None
-    name = max(minutes, key=minutes.get)
+    name = max(minutes, key=lambda k: minutes[k])
     fit = limit / 2 / STREAM_BYTES_PER_MINUTE
-    return (f"{name} {minutes[name]:g}: the detector streams ({sum(minutes.values()):g} min in all) would hold "
-            f"{need / 2 ** 30:.1f} GiB of audio, more than half of this machine's {limit / 2 ** 30:.1f} GiB of "
-            f"memory; keep them under {fit:.0f} min in all")
+    return name, (f"{minutes[name]:g} min is too long: the detector streams ({total:g} min in all) would hold "
+                  f"{total * STREAM_BYTES_PER_MINUTE / 2 ** 30:.1f} GiB of audio, more than half of this machine's "
+                  f"{limit / 2 ** 30:.1f} GiB of memory; keep them under {fit:.0f} min in all")
 
 
 @dataclass(frozen=True)
