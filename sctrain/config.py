@@ -406,7 +406,7 @@ class Config(_Sections):
                 create_model(self.model, self.features, 2)
         except ValueError as e:
             text = str(e) if str(e).startswith("config ") else f"config key 'model.{self.model.name}': {e}"
-            raise ConfigError(f"{text} (features.n_mels={self.features.n_mels})") from None
+            raise ConfigError(text) from None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
