@@ -24,6 +24,8 @@ examples:
 or 0.5 for a checkpoint without them; --threshold sets one value for every keyword instead. The smoothing,
 refractory time and filler gate are by default the ones those thresholds were calibrated under (stored
 with them; else the checkpoint's kws config); --smooth, --refractory-ms and --[no-]filler-gate override them.
+--smooth counts windows, so at another --hop-ms the stored smoothing spans another time: a note says how long.
+Files are read in 10 s blocks: hours of audio take the memory of one block (docs/streaming.md).
 
 Runs on one thread unless --threads says otherwise: a 1 s clip is too little work per operator for a
 thread pool to pay reliably, and on a busy machine PyTorch's OpenMP pool makes batch-1 inference many
