@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import yaml
 
-from sctrain.artifacts.detector import DetectorRules, StreamSettings
+from sctrain.artifacts.detector import DetectorRules, StreamSettings, stream_size_problem, target_fa_problem
 from sctrain.utils import first_line
 
 
@@ -376,7 +376,8 @@ class KwsConfig:
         _require(self.validation_minutes >= 0.1, "kws.validation_minutes", "must be >= 0.1")
         _require(self.test_minutes is None or self.test_minutes == 0 or self.test_minutes >= 0.1, "kws.test_minutes",
                  "must be 0 (off) or >= 0.1")
-        _require(self.target_fa_per_hour >= 0, "kws.target_fa_per_hour", "must be >= 0")
+        problem = target_fa_problem(self.target_fa_per_hour)  # the check streameval's flag shares
+        _require(problem is None, "kws.target_fa_per_hour", problem)
         _require(self.negative_minutes >= 0, "kws.negative_minutes", "must be >= 0")
         _require(self.test_negative_minutes >= 0, "kws.test_negative_minutes", "must be >= 0")
         _require_fraction(self.miss_slack, "kws.miss_slack")
@@ -387,6 +388,13 @@ class KwsConfig:
         _require(self.selection_negative_minutes >= 0, "kws.selection_negative_minutes", "must be >= 0")
         _require(self.smooth >= 1, "kws.smooth", "must be >= 1")
         _require(self.refractory_ms >= 0, "kws.refractory_ms", "must be >= 0")
+        # Before training, not after it: calibration holds every stream in memory at once.
+        too_long = stream_size_problem({f"kws.{k}": v for k, v in (
+            ("validation_minutes", self.validation_minutes), ("negative_minutes", self.negative_minutes),
+            ("test_minutes", self.test_minutes if self.test_minutes is not None else StreamSettings.test_minutes),
+            ("test_negative_minutes", self.test_negative_minutes))})
+        if too_long:
+            _require(False, *too_long)
 
     def rules(self) -> DetectorRules:
         return DetectorRules(self.smooth, float(self.refractory_ms), self.filler_gate)
@@ -425,6 +433,21 @@ class Config(_Sections):
         super().__post_init__()
         # An empty path is the current folder: best_sc.pt and state/ would land wherever the job started.
         _require(bool(str(self.output_dir).strip()), "output_dir", "must name a folder, got an empty value")
+        self._check_model_builds()
+
+    def _check_model_builds(self) -> None:
+        """A family's shape rules (BC-ResNet's sub_bands against features.n_mels) said now, not after the dataset
+        scan: the network is built once on the meta device, which allocates no weights."""
+        import torch
+
+        from sctrain.models.registry import create_model
+
+        try:
+            with torch.device("meta"):
+                create_model(self.model, self.features, 2)
+        except ValueError as e:
+            text = str(e) if str(e).startswith("config ") else f"config key 'model.{self.model.name}': {e}"
+            raise ConfigError(text) from None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

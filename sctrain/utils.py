@@ -103,6 +103,18 @@ def is_disk_full(e: BaseException) -> bool:
     return False
 
 
+def write_refused(e: BaseException) -> Optional[OSError]:
+    """The OSError behind ``e`` (or ``e``) that refused a write: a folder turned read-only (EROFS), or one this
+    user may no longer write (EACCES, EPERM); None for any other error."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def no_space_message(path: str | Path, need_bytes: Optional[int] = None) -> str:
     """'no space left on MOUNT (need ~N MB, M MB free)': the filesystem that holds ``path`` and is full."""
     path = Path(path).absolute()

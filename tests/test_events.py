@@ -160,7 +160,7 @@ def test_longer_refractory_time_drops_a_words_second_peak():
 
 @pytest.mark.parametrize("stored, match", [({"smooth": 0}, "smooth must be an integer >= 1, got 0"),
                                            ({"smooth": 2.5}, "smooth must be an integer"),
-                                           ({"refractory_ms": -1}, "refractory_ms must be a number >= 0"),
+                                           ({"refractory_ms": -1}, "refractory_ms must be a finite number >= 0"),
                                            ({"filler_gate": "yes"}, "filler_gate must be true or false"),
                                            ({"persist": 3}, r"unknown detector rules \['persist'\]"),
                                            ([8], "must be a mapping")])

@@ -300,6 +300,35 @@ def test_read_only_output_dir_and_export_folder_are_one_line(synthetic_root, ref
                                       "folder with --out")
 
 
+def test_an_output_dir_that_turns_unwritable_mid_run_is_one_line_and_resumes_exactly(synthetic_root, reference,
+                                                                                    tmp_path):
+    # The issue's probe: a PermissionError traceback from metrics.jsonl. The immutable flag refuses writes even to
+    # root (the tests' user); the save of step 4 stalls, so the run is surely still going when the flag is set.
+    if shutil.which("chattr") is None:
+        pytest.skip("chattr not installed")
+    out = tmp_path / "run"
+    cmd = train_cmd(synthetic_root, out)
+    log = tmp_path / "1-first.log"
+    first = start(stalled_save(cmd, from_step=4, seconds=10), log)
+    wait_for(lambda: list((out / "state").glob(".tmp-step_000000004-*/state.pt")), first, log, "the stalled save")
+    metrics = out / "metrics.jsonl"
+    flagged = subprocess.run(["chattr", "+i", str(metrics)], capture_output=True, text=True)
+    if flagged.returncode != 0:
+        kill_tree(first)
+        pytest.skip(f"chattr +i is not supported here: {flagged.stderr.strip()}")
+    try:
+        rc = first.wait(TIMEOUT)
+    finally:
+        subprocess.run(["chattr", "-i", str(metrics)], check=True)
+    line = error_line(subprocess.CompletedProcess(cmd, rc, "", log.read_text()))
+    assert line == (f"sctrain: error: cannot write into output_dir {out} (Operation not permitted, writing "
+                    "metrics.jsonl); pick a writable folder, or make it writable again and run the same command to "
+                    "resume")
+    assert_intact(out)
+    finish(cmd, tmp_path / "2-rerun.log")  # writable again: the same command resumes
+    assert_same_weights(out, reference)
+
+
 def test_report_on_garbage_and_synth_onto_a_file_are_one_line(tmp_path):
     (tmp_path / "metrics.jsonl").write_bytes(os.urandom(3000) + b"\n[1, 2]\n{\"kind\": \"train\"}\n")
     line = error_line(run([sys.executable, "-m", "sctrain.report", str(tmp_path)]))

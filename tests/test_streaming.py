@@ -2,15 +2,19 @@
 and background noise, run through the detector in microphone-sized chunks."""
 from __future__ import annotations
 
+import json
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from sctrain.audio.constants import SAMPLE_RATE
 from sctrain.audio.features import LogMel
-from sctrain.audio.io import read_audio
+from sctrain.audio.io import read_audio, read_audio_blocks, to_model_rate
+from sctrain.cli import predict
 from sctrain.config import Config, FeatureConfig
 from sctrain.inference.loading import LoadedModel
 from sctrain.inference.predict import window_probs
@@ -153,3 +157,58 @@ def test_detector_rejects_bad_settings():
     for kwargs in ({"hop_ms": 0}, {"hop_ms": 1500}, {"threshold": 0}, {"smooth": 0}):
         with pytest.raises(ValueError):
             StreamingDetector(model, **kwargs)
+
+
+# ------------------------------------------------------------------------ long files, read block by block
+
+@pytest.mark.parametrize("rate,channels", [(SAMPLE_RATE, 1), (SAMPLE_RATE, 2), (44100, 1), (22050, 2), (8000, 1)])
+def test_blocks_join_to_the_whole_file(tmp_path, rate, channels):
+    # At 16 kHz the blocks are the file's own samples; otherwise each block is resampled with its neighbours'
+    # samples around it, which must give the whole-file resampling (to float rounding), with no seam.
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, (int(rate * 7.3), channels)).astype(np.float32)
+    sf.write(tmp_path / "x.wav", x, rate, subtype="FLOAT")
+    blocks = list(read_audio_blocks(tmp_path / "x.wav", block_s=2.0))
+    whole = read_audio(tmp_path / "x.wav")
+    assert len(blocks) >= 3
+    joined = np.concatenate(blocks)
+    assert joined.shape == whole.shape and joined.dtype == np.float32
+    if rate == SAMPLE_RATE:
+        assert np.array_equal(joined, whole)
+    else:
+        assert np.abs(joined - whole).max() < 1e-6
+
+
+@pytest.mark.parametrize("rate", [SAMPLE_RATE, 44100])
+def test_detections_from_blocks_equal_the_in_memory_run(model, mini_root, trained_checkpoint, tmp_path, capsys, rate):
+    clips = correct_clips(model, mini_root, per_word=1)
+    wave, _ = build_stream(clips, mini_root, seed=3)
+    path = tmp_path / "long.wav"
+    sf.write(path, wave if rate == SAMPLE_RATE else to_model_rate(wave, SAMPLE_RATE, rate), rate, subtype="FLOAT")
+    reference = StreamingDetector(model).process(read_audio(path))
+    assert reference, "no events at all: nothing to compare"
+    blocks = read_audio_blocks(path, block_s=3.0)  # the file is several blocks long
+    events = StreamingDetector(model).process_blocks(blocks)
+    assert [(e.label, e.start_s) for e in events] == [(e.label, e.start_s) for e in reference]
+    assert np.allclose([e.score for e in events], [e.score for e in reference], atol=1e-5, rtol=0)
+    # The command line reads blocks too (10 s each: this file is longer), with the same events.
+    assert predict.main([str(trained_checkpoint), str(path), "--stream", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)["results"][0]
+    assert [(e["label"], e["start_s"]) for e in result["events"]] == [(e.label, e.start_s) for e in reference]
+    assert result["duration_s"] == pytest.approx(len(read_audio(path)) / SAMPLE_RATE)
+
+
+def test_predict_stream_memory_does_not_grow_with_the_file(trained_checkpoint, tmp_path, capsys):
+    # 5 minutes of 16 kHz audio are 19 MB as float32: reading the file whole (as predict --stream did) peaks
+    # above that, block by block stays near one 10 s block (0.6 MB). numpy's buffers are traced by tracemalloc.
+    path = tmp_path / "five_minutes.wav"
+    noise = np.random.default_rng(0).normal(0, 0.05, 5 * 60 * SAMPLE_RATE).astype(np.float32)
+    sf.write(path, noise, SAMPLE_RATE, subtype="PCM_16")
+    del noise
+    tracemalloc.start()
+    try:
+        assert predict.main([str(trained_checkpoint), str(path), "--stream", "--hop-ms", "1000", "--json"]) == 0
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert json.loads(capsys.readouterr().out)["results"][0]["windows"] == 5 * 60
+    assert peak < 6e6, f"peak {peak / 1e6:.1f} MB of traced memory for a 19 MB (float32) file"

@@ -10,8 +10,10 @@ This module imports no torch at module level: the packing processes import it to
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import soundfile as sf
@@ -88,6 +90,66 @@ def read_audio(path: str | Path, target_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Any file libsndfile reads as mono float32 in [-1, 1] at ``target_rate`` (:class:`AudioError` if unusable)."""
     data, rate = read_source(path)
     return to_model_rate(data, rate, target_rate)
+
+
+BLOCK_S = 10.0  # seconds of audio per block of read_audio_blocks: memory bound by this, never by the file
+
+
+def _resample_margin(orig: int, new: int) -> int:
+    """Input samples around a block that torchaudio's sinc resampler (``lowpass_filter_width=6``,
+    ``rolloff=0.99``) reads for the block's outputs, rounded up to whole periods of ``orig`` (the reduced
+    rate), plus one period spare: its kernel spans ``width`` samples either side of one period."""
+    width = math.ceil(6 * orig / (min(orig, new) * 0.99))
+    return orig * (-(-(width + orig) // orig) + 1)
+
+
+def read_audio_blocks(path: str | Path, target_rate: int = SAMPLE_RATE,
+                      block_s: float = BLOCK_S) -> Iterator[np.ndarray]:
+    """:func:`read_audio` as successive mono float32 blocks of about ``block_s`` seconds, so that hours of audio
+    take the memory of one block. Joined, the blocks are :func:`read_audio`'s samples: the same values when the
+    file is at ``target_rate``; otherwise each block is resampled with ``margin`` samples of its neighbours
+    around it and cut on the resampler's period, which gives the whole-file resampling to float rounding
+    (tests/test_reliability.py checks both). :class:`AudioError` if the file is unusable, also mid-file.
+    """
+    path = Path(path)
+    _check_file(path)
+    try:
+        f = sf.SoundFile(str(path))
+    except Exception as e:  # noqa: BLE001 - as read_source: every libsndfile error means "not usable audio"
+        raise AudioError(f"cannot read {path} as audio ({decode_error(e)})", decode_error(e)) from None
+    with f:
+        rate = int(f.samplerate)
+        g = math.gcd(rate, target_rate)
+        orig, new = rate // g, target_rate // g
+        step = orig * max(1, round(block_s * rate / orig))  # input samples per block, whole periods
+        margin = 0 if rate == target_rate else _resample_margin(orig, new)
+        buf = np.zeros(0, dtype=np.float32)  # mono input samples from `lo` on
+        lo = pos = 0  # first input sample in buf; first input sample of the next block (multiples of orig)
+        eof = False
+        while not eof:
+            want = pos + step + margin - (lo + len(buf))
+            try:
+                data = f.read(want, dtype="float32", always_2d=True)
+            except Exception as e:  # noqa: BLE001
+                raise AudioError(f"cannot read {path} as audio ({decode_error(e)})", decode_error(e)) from None
+            eof = len(data) < want
+            if not np.isfinite(data).all():
+                raise AudioError(f"audio file {path} holds NaN or infinite samples", "NaN or infinite samples")
+            buf = np.concatenate([buf, data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]])
+            if pos == 0 and eof and not len(buf):
+                raise AudioError(f"audio file {path} holds no samples", "empty")
+            end = lo + len(buf) if eof else pos + step  # input samples of this block: [pos, end)
+            if rate == target_rate:
+                block = buf[pos - lo: end - lo]
+            else:
+                out = to_model_rate(buf, rate, target_rate)  # output 0 is input `lo`: lo is whole periods
+                first = (pos - lo) // orig * new
+                block = out[first: first + -(-(end - pos) * new // orig)]
+            if len(block):
+                yield np.ascontiguousarray(block)
+            pos = end
+            keep = max(0, pos - margin)
+            buf, lo = buf[keep - lo:], keep
 
 
 def to_int16(wave: np.ndarray) -> np.ndarray:

@@ -47,8 +47,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         sources = args.check_audio or [model.config.data.root]
         clips = export.find_clips(sources, args.check_clips)
         if not clips:
-            raise export.ExportError(f"no audio clips for the parity check in {', '.join(map(str, sources))}: "
-                              "pass --check-audio FILE_OR_FOLDER")
+            why = "; ".join(map(export.why_no_clips, sources))
+            raise export.ExportError(f"no audio clips for the parity check ({why}): pass --check-audio FILE_OR_FOLDER")
         audio = export.clip_batch(clips)
         out = Path(args.out) if args.out else export.default_out(Path(args.checkpoint), args.format, args.input)
         result = export.write_checked(model, out, args.format, args.input, audio, args.atol)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from typing import Optional
 
@@ -23,6 +24,8 @@ examples:
 or 0.5 for a checkpoint without them; --threshold sets one value for every keyword instead. The smoothing,
 refractory time and filler gate are by default the ones those thresholds were calibrated under (stored
 with them; else the checkpoint's kws config); --smooth, --refractory-ms and --[no-]filler-gate override them.
+--smooth counts windows, so at another --hop-ms the stored smoothing spans another time: a note says how long.
+Files are read in 10 s blocks: hours of audio take the memory of one block (docs/streaming.md).
 
 Runs on one thread unless --threads says otherwise: a 1 s clip is too little work per operator for a
 thread pool to pay reliably, and on a busy machine PyTorch's OpenMP pool makes batch-1 inference many
@@ -57,30 +60,50 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         p.error(f"--top-k must be >= 1, got {args.top_k}")
     if args.threads < 1:
         p.error(f"--threads must be >= 1, got {args.threads}")
-    if not 0 < args.hop_ms <= 1000:
-        p.error(f"--hop-ms must be in (0, 1000], got {args.hop_ms}")
+    from sctrain.artifacts.detector import hop_samples  # no torch: bad arguments stay quick
+
+    try:
+        hop_samples(args.hop_ms, "--hop-ms")  # the detector's own rule
+    except ValueError as e:
+        p.error(str(e))
     if args.threshold is not None and not 0 < args.threshold <= 1:
         p.error(f"--threshold must be in (0, 1], got {args.threshold}")
     if args.smooth is not None and args.smooth < 1:
         p.error(f"--smooth must be >= 1, got {args.smooth}")
-    if args.refractory_ms is not None and args.refractory_ms < 0:
-        p.error(f"--refractory-ms must be >= 0, got {args.refractory_ms}")
+    if args.refractory_ms is not None and not 0 <= args.refractory_ms < math.inf:
+        p.error(f"--refractory-ms must be a finite number >= 0, got {args.refractory_ms:g}")
     return args
 
 
 def _stream_file(model, path: str, args: argparse.Namespace) -> dict:
-    from sctrain.audio.constants import SAMPLE_RATE
-    from sctrain.audio.io import read_audio
+    from sctrain.audio.constants import CLIP_SAMPLES, SAMPLE_RATE
+    from sctrain.audio.io import read_audio_blocks
     from sctrain.inference.events import threshold_dict
     from sctrain.inference.streaming import StreamingDetector
 
-    wave = read_audio(path)
     detector = StreamingDetector(model, hop_ms=args.hop_ms, threshold=args.threshold, smooth=args.smooth,
                                  refractory_ms=args.refractory_ms, filler_gate=args.filler_gate)
-    events = detector.process(wave)
-    return {"file": path, "duration_s": len(wave) / SAMPLE_RATE, "events": [e.to_dict() for e in events],
-            "windows": detector.windows, "real_time_factor": detector.real_time_factor,
-            "thresholds": threshold_dict(detector.labels, detector.threshold), "detector": detector.rules.to_dict()}
+    # Read block by block: a recording of hours takes the memory of one block, with the same events.
+    events = detector.process_blocks(read_audio_blocks(path))
+    result = {"file": path, "duration_s": detector.audio_s, "events": [e.to_dict() for e in events],
+              "windows": detector.windows, "real_time_factor": detector.real_time_factor,
+              "thresholds": threshold_dict(detector.labels, detector.threshold), "detector": detector.rules.to_dict(),
+              "smooth_ms": detector.smooth * detector.hop * 1000 / detector.decoder.sample_rate}
+    if not detector.windows:
+        result["note"] = f"shorter than one window ({CLIP_SAMPLES / SAMPLE_RATE:g} s): nothing scored"
+    return result
+
+
+def smoothing_note(model, args: argparse.Namespace) -> str | None:
+    """A line when ``--hop-ms`` changes the time the checkpoint's smoothing spans: ``smooth`` counts windows,
+    so the rules calibrated at a 100 ms hop average a different stretch of audio at another hop."""
+    from sctrain.inference.streaming import model_rules
+
+    if args.smooth is not None or args.hop_ms == 100.0:
+        return None
+    smooth = model_rules(model).smooth
+    return (f"note: smoothing averages {smooth} windows, {smooth * args.hop_ms:g} ms at --hop-ms {args.hop_ms:g} "
+            f"({smooth * 100} ms at the 100 ms hop its thresholds were calibrated at); --smooth N sets the count")
 
 
 def _text(result: dict) -> str:
@@ -88,7 +111,8 @@ def _text(result: dict) -> str:
         return f"{result['file']}: error: {result['error']}"
     if "events" in result:
         lines = [f"{result['file']}: {len(result['events'])} detections in {result['duration_s']:.2f} s "
-                 f"({result['windows']} windows, real-time factor {result['real_time_factor']:.3f})"]
+                 f"({result['windows']} windows, real-time factor {result['real_time_factor']:.3f})"
+                 + (f": {result['note']}" if "note" in result else "")]
         lines += [f"  {e['start_s']:8.2f} s  {e['label']:<10} {e['score']:.3f}" for e in result["events"]]
         return "\n".join(lines)
     top = "  ".join(f"{t['label']} {t['prob']:.3f}" for t in result["top"])
@@ -113,6 +137,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except CheckpointError as e:
         print(f"sctrain: error: {e}", file=sys.stderr)
         return EXIT_ERROR
+    note = smoothing_note(model, args) if args.stream else None
+    if note:
+        print(note, file=sys.stderr)
     results, failed = [], 0
     for path in args.files:
         try:

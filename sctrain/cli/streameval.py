@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -48,6 +49,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     from sctrain.streameval.mixed_stream import LAYOUT  # numpy only: --help and bad arguments stay quick
 
+    for flag in ("minutes", "negative_minutes", "validation_minutes", "validation_negative_minutes"):
+        value = getattr(args, flag)
+        if value is not None and not math.isfinite(value):
+            p.error(f"--{flag.replace('_', '-')} must be a finite number of minutes, got {value:g}")
     for flag in ("minutes", "validation_minutes"):
         value = getattr(args, flag)
         if value is not None and not value * 60 * min(shares[0] for shares in LAYOUT.values()) >= 3.0:
@@ -55,8 +60,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag in ("negative_minutes", "validation_negative_minutes"):
         if getattr(args, flag) is not None and getattr(args, flag) < 0:
             p.error(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag):g}")
-    if args.target_fa_per_hour is not None and args.target_fa_per_hour < 0:
-        p.error(f"--target-fa-per-hour must be >= 0, got {args.target_fa_per_hour:g}")
+    from sctrain.artifacts.detector import target_fa_problem
+
+    problem = target_fa_problem(args.target_fa_per_hour) if args.target_fa_per_hour is not None else None
+    if problem:  # the check the config key kws.target_fa_per_hour shares
+        p.error(f"--target-fa-per-hour {problem}")
+    if args.seed is not None and args.seed < 0:
+        p.error(f"--seed must be >= 0, got {args.seed}")
     if args.threads < 1:
         p.error(f"--threads must be >= 1, got {args.threads}")
     return args
@@ -76,7 +86,7 @@ def _check_paths(args: argparse.Namespace) -> None:
 
 def settings_for(args: argparse.Namespace, model):
     """The checkpoint's stream settings (stored with its thresholds, else its config's), flags winning."""
-    from sctrain.artifacts.detector import StreamSettings
+    from sctrain.artifacts.detector import StreamSettings, stream_size_problem
 
     stored = (model.calibration or {}).get("settings")
     settings = StreamSettings.from_dict(stored) if stored else model.config.kws.settings(StreamSettings.test_minutes)
@@ -86,6 +96,12 @@ def settings_for(args: argparse.Namespace, model):
     settings = dataclasses.replace(settings, **{k: v for k, v in flags.items() if v is not None})
     if not settings.test_minutes:
         settings = dataclasses.replace(settings, test_minutes=StreamSettings.test_minutes)
+    # Before any stream is built: every one is held in memory while it is scored.
+    too_long = stream_size_problem({"--minutes": settings.test_minutes, "--negative-minutes":
+                                    settings.test_negative_minutes, "--validation-minutes": settings.validation_minutes,
+                                    "--validation-negative-minutes": settings.negative_minutes})
+    if too_long:
+        raise InputError(" ".join(too_long))
     return settings
 
 
@@ -102,6 +118,12 @@ def _dataset(args: argparse.Namespace, model, progress: bool):
     noise = noise_files(args.noise) if args.noise else None
     if args.noise and not noise:
         raise InputError(f"--noise: no .wav/.flac/.ogg recordings in {args.noise}")
+    if noise is None and not data.meta["background_files"]:
+        # An error, not a report without the noise figures: without recordings the keyword stream's words sit on
+        # digital silence and its "noise alone" stretch is silence, so its false alarms say nothing of a room.
+        raise InputError(f"no noise recordings: {cfg.root} has no _background_noise_ folder, so the stream would "
+                         f"be digital silence between the words and 'noise alone' would be measured on silence; "
+                         f"give recordings with --noise DIR")
     return data, noise
 
 

@@ -7,6 +7,7 @@ import os
 import shlex
 import sys
 import time
+from pathlib import Path
 from typing import Optional
 
 EXIT_ERROR = 2
@@ -76,6 +77,18 @@ def resume_command(argv: list[str], cfg) -> str:
     return shlex.join(["python", "-m", "sctrain", *argv])
 
 
+def refused_message(e: OSError, output_dir: str) -> str:
+    """The line for a write refused mid-run; inside ``output_dir`` it is the unwritable-folder error of
+    docs/failure_and_recovery.md. The states written before are whole, so the same command resumes."""
+    where = Path(e.filename) if e.filename else None
+    out = Path(output_dir)
+    if where is None or out.resolve() in (where.resolve(), *where.resolve().parents):
+        name = f", writing {where.name}" if where is not None else ""
+        return (f"cannot write into output_dir {out} ({e.strerror}{name}); pick a writable folder, or make it "
+                f"writable again and run the same command to resume")
+    return f"cannot write {where} ({e.strerror})"
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
@@ -116,7 +129,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         from sctrain.training.distributed import OtherRankFailed
         from sctrain.training.rundir import RunDirError
         from sctrain.training.trainer import TrainingDiverged
-        from sctrain.utils import is_disk_full, no_space_message
+        from sctrain.utils import is_disk_full, no_space_message, write_refused
         if isinstance(e, OtherRankFailed):
             return EXIT_ERROR
         if isinstance(e, (ConfigError, DatasetError, CheckpointError, RunDirError, TrainingDiverged)):
@@ -131,6 +144,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         if is_disk_full(e):  # a write other than a checkpoint's (metrics.jsonl, config.yaml, the packed cache)
             where = getattr(e, "filename", None) or (cfg.output_dir if cfg else os.getcwd())
             print(f"sctrain: error: {no_space_message(where)} while writing {where}", file=sys.stderr)
+            return EXIT_ERROR
+        refused = write_refused(e)
+        if refused is not None and cfg is not None:  # output_dir turned read-only (or not ours) mid-run
+            print(f"sctrain: error: {refused_message(refused, cfg.output_dir)}", file=sys.stderr)
             return EXIT_ERROR
         raise
     if rank == 0:

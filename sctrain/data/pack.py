@@ -44,10 +44,11 @@ from sctrain.data.speechcommands import (
     is_writable,
     scan_dataset,
 )
+from sctrain.utils import first_line
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: the noise bank is cut from the train stretch of each recording only
+FORMAT_VERSION = 3  # 2: the noise bank is cut from the train stretch of each recording only; 3: checksums, class counts
 BACKGROUND_STRIDE = CLIP_SAMPLES // 2
 PARALLEL_MIN_CLIPS = 2048  # below this, starting processes costs more than it saves
 KWS12_SEED = 0  # fixed, not train.seed: every run of a task sees the same _unknown_ / _silence_ clips
@@ -130,13 +131,25 @@ def pack_dataset(index: DatasetIndex, cache_dir: Optional[Path] = None, workers:
     name = f"{index.task}-{fp[:16]}"
     parents = [Path(cache_dir)] if cache_dir is not None else default_cache_dirs(index.root)
     for parent in parents:
-        if _is_complete(parent / name, fp):
-            damage = cache_damage(parent / name)
-            if damage is None:
-                log.info("reusing packed dataset %s (source unchanged)", parent / name)
-                return PackedDataset(parent / name)
-            log.warning("packed dataset %s does not match its meta.json (%s): packing it again", parent / name, damage)
-            _discard(parent / name)
+        folder = parent / name
+        try:
+            if not folder.is_dir():
+                continue
+            meta_problem = _meta_problem(folder, fp)
+        except PermissionError:
+            log.warning("packed dataset %s is not readable by this user (permission denied): packing a copy of "
+                        "its own elsewhere", folder)
+            continue
+        if meta_problem is not None:  # the folder only ever appears whole (a rename): its meta.json was damaged
+            log.warning("packed dataset %s has a damaged meta.json (%s): packing it again", folder, meta_problem)
+            _discard(folder)
+            continue
+        damage = cache_damage(folder)
+        if damage is None:
+            log.info("reusing packed dataset %s (source unchanged)", folder)
+            return PackedDataset(folder)
+        log.warning("packed dataset %s does not match its meta.json (%s): packing it again", folder, damage)
+        _discard(folder)
     parent = next((p for p in parents if is_writable(p)), None)
     if parent is None:
         raise DatasetError(f"no writable folder for the packed cache: tried {', '.join(map(str, parents))}")
@@ -174,19 +187,74 @@ def remove_stale_caches(parent: Path, current: str, index: DatasetIndex) -> None
 
 def _is_complete(folder: Path, fp: str) -> bool:
     try:
-        meta = json.loads((folder / "meta.json").read_text())
-    except (OSError, ValueError):
+        return _meta_problem(folder, fp) is None
+    except OSError:
         return False
-    return meta.get("format") == FORMAT_VERSION and meta.get("fingerprint") == fp
+
+
+def _meta_problem(folder: Path, fp: str) -> Optional[str]:
+    """What is wrong with ``folder/meta.json`` (missing, empty, not JSON, another fingerprint), or None.
+    ``PermissionError`` when this user may not read it."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except FileNotFoundError:
+        return "it is missing"
+    except PermissionError:
+        raise
+    except (OSError, ValueError) as e:
+        return f"not JSON: {getattr(e, 'strerror', None) or first_line(e)}"
+    if not isinstance(meta, dict):
+        return f"not a mapping but {type(meta).__name__}"
+    if meta.get("format") != FORMAT_VERSION or meta.get("fingerprint") != fp:
+        return (f"format {meta.get('format')!r} and fingerprint {str(meta.get('fingerprint'))[:16]!r} are not "
+                f"this cache's")
+    return None
+
+
+def array_digest(path: Path) -> str:
+    """SHA-256 of a file (about 1 GB/s: the 8-word set's cache is checked in well under a second)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def cache_damage(folder: Path) -> Optional[str]:
     """What is wrong with a cache's arrays, judged by the shapes ``meta.json`` promises and the bytes each
     ``.npy`` header announces (a file cut short by a full disk or an interrupted copy), or None.
 
-    Headers only: a few small reads, however large the arrays. A short memory-mapped file would otherwise
-    surface later as a loader worker's "mmap length is greater than file size"."""
+    Then what the arrays hold: every label in range and each split's class counts as packed (a cache that
+    trained every clip as one label, or failed on a label past the last class, passed the shape checks), and a
+    SHA-256 of every file against the one written at pack time (a swapped label, file list or clip).
+    A short memory-mapped file would otherwise surface later as a loader worker's "mmap length is greater
+    than file size"."""
     meta = json.loads((folder / "meta.json").read_text())
+    try:
+        return _shape_damage(folder, meta) or _content_damage(folder, meta)
+    except (KeyError, TypeError, AttributeError) as e:  # a meta.json edited or cut into another structure
+        return f"meta.json is malformed ({type(e).__name__}: {e})"
+
+
+def _content_damage(folder: Path, meta: dict) -> Optional[str]:
+    classes, packed_counts, digests = len(meta["labels"]), meta.get("class_counts"), meta.get("sha256")
+    if not isinstance(packed_counts, dict) or not isinstance(digests, dict):
+        return "meta.json lacks the class counts and checksums"
+    for split in SPLITS:
+        try:
+            labels = np.load(folder / f"labels_{split}.npy")
+        except (OSError, ValueError) as e:
+            return f"labels_{split}.npy: {getattr(e, 'strerror', None) or first_line(e)}"
+        if labels.size and not 0 <= labels.min() <= labels.max() < classes:
+            bad = labels.min() if labels.min() < 0 else labels.max()
+            return f"labels_{split}.npy holds label {bad}, outside 0..{classes - 1}"
+        found = np.bincount(labels, minlength=classes).tolist()
+        if found != packed_counts[split]:
+            return f"labels_{split}.npy has class counts {found}, packed {packed_counts[split]}"
+    for name, digest in sorted(digests.items()):
+        if array_digest(folder / name) != digest:
+            return f"{name} does not match the checksum written when it was packed"
+    return None
+
+
+def _shape_damage(folder: Path, meta: dict) -> Optional[str]:
     counts = meta.get("counts") or {}
     if any(not isinstance(counts.get(split), int) for split in SPLITS):
         return "meta.json lacks the clip counts"
@@ -263,7 +331,11 @@ def _build(index: DatasetIndex, parent: Path, name: str, fp: str, workers: int, 
                 "labels": index.labels, "root": str(index.root), "counts": counts,
                 "sample_rate": SAMPLE_RATE, "clip_samples": CLIP_SAMPLES,
                 "background_files": [_relative(p, index.root) for p in index.background],
-                "skipped": sorted(_relative(Path(p), index.root) for p in bad_paths)}
+                "skipped": sorted(_relative(Path(p), index.root) for p in bad_paths),
+                # What a later run checks the arrays against (cache_damage).
+                "class_counts": {s: np.bincount(np.load(tmp / f"labels_{s}.npy"), minlength=len(index.labels))
+                                 .tolist() for s in SPLITS},
+                "sha256": {p.name: array_digest(p) for p in sorted(tmp.iterdir())}}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         try:
             os.rename(tmp, final)

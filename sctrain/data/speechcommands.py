@@ -113,6 +113,17 @@ def word_clips(root: Path) -> dict[str, list[str]]:
             for w in words}
 
 
+def nested_clips(root: Path, words: list[str]) -> list[str]:
+    """Clips below a sub-folder of a word folder (``yes/session1/a.wav``), which the scan does not read."""
+    found = []
+    for w in words:
+        for entry in os.scandir(root / w):
+            if entry.is_dir():
+                for folder, _, names in os.walk(entry.path):
+                    found += sorted(Path(folder, n).relative_to(root).as_posix() for n in names if is_clip_name(n))
+    return found
+
+
 # Clip files a word folder may hold: the dataset's WAVs, and FLAC for users' own recordings (read by the same
 # reader, sctrain.audio.io, so every format packs to the samples soundfile's float read gives).
 CLIP_SUFFIXES = (".wav", ".flac")
@@ -469,6 +480,10 @@ def scan_dataset(root: Path, task: str = "all", unknown_ratio: float = 1.0, sile
     root = Path(root)
     files = word_clips(root)
     words = list(files)
+    nested = nested_clips(root, words)
+    if nested:
+        log.warning("%d clips in sub-folders of word folders are ignored (first: %s): only the clips directly "
+                    "inside <word>/ are read; move them up to use them", len(nested), nested[0])
     silence = task != "all" if silence is None else silence
     plan = plan_labels(root, task, words, list(keywords), silence, negatives=bool(negatives or train_negatives))
     split_of = _read_split_lists(Path(lists_dir or root), root, {p for paths in files.values() for p in paths})

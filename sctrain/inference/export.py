@@ -238,6 +238,22 @@ def find_clips(paths: list[str | Path], limit: int) -> list[Path]:
     return files
 
 
+def why_no_clips(path: str | Path) -> str:
+    """Why :func:`find_clips` found nothing in ``path``: missing, unreadable (the permission, which a silent
+    folder walk would hide), or holding no ``.wav`` files."""
+    path = Path(path)
+    if not path.exists():
+        return f"{path}: not found"
+    if path.is_dir():
+        try:
+            for _ in os.scandir(path):
+                break
+        except PermissionError as e:
+            return f"{path}: cannot be read ({e.strerror})"
+        return f"{path}: no .wav files below it"
+    return f"{path}: not a .wav file or folder"
+
+
 def clip_batch(files: list[Path]) -> np.ndarray:
     """``[N, 16000]`` float32: the first 1 s window of each file (read and converted like predict does)."""
     return np.stack([file_windows(read_audio(f))[0][0] for f in files])

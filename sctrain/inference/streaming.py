@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sctrain.artifacts.detector import DetectorRules
+from sctrain.artifacts.detector import DetectorRules, hop_samples
 from sctrain.artifacts.labels import FILLER_LABELS
 from sctrain.audio.constants import CLIP_SAMPLES, INT16_SCALE, SAMPLE_RATE
 from sctrain.audio.features import LogMel, normalise_per_clip
@@ -121,9 +121,7 @@ class StreamingDetector:
                  peak_wait_ms: float = 1000.0, incremental: bool = False, ignore: Iterable[str] = FILLER_LABELS,
                  net: Optional[Callable[[Tensor], Tensor]] = None, filler_gate: Optional[bool] = None) -> None:
         self.labels = list(model.labels)
-        self.hop = int(round(hop_ms * SAMPLE_RATE / 1000))
-        if not 0 < self.hop <= CLIP_SAMPLES:
-            raise ValueError(f"hop_ms must be in (0, 1000], got {hop_ms}")
+        self.hop = hop_samples(hop_ms)
         if threshold is None:
             threshold = model_thresholds(model)
         given = {"smooth": smooth, "refractory_ms": refractory_ms, "filler_gate": filler_gate}
@@ -163,6 +161,10 @@ class StreamingDetector:
             chunk = chunk.astype(np.float32) / INT16_SCALE
         else:
             chunk = chunk.astype(np.float32, copy=False)
+            # A NaN would poison every window it stays in (a second of posteriors) without a word.
+            if not np.isfinite(chunk).all():
+                raise ValueError(f"feed: the chunk holds NaN or infinite samples (after {self.audio_s:.3f} s of "
+                                 f"audio); pass finite samples in [-1, 1]")
         events: list[Detection] = []
         pos = 0
         while pos < len(chunk):
@@ -182,9 +184,16 @@ class StreamingDetector:
 
     def process(self, wave: np.ndarray, chunk: int = 1600) -> list[Detection]:
         """A whole recording, fed in ``chunk``-sample pieces as a microphone callback would."""
+        return self.process_blocks([wave], chunk)
+
+    def process_blocks(self, blocks: Iterable[np.ndarray], chunk: int = 1600) -> list[Detection]:
+        """A recording given as successive blocks (:func:`sctrain.audio.io.read_audio_blocks`: hours of audio in
+        the memory of one block), fed in ``chunk``-sample pieces; the events do not depend on where the blocks
+        or chunks end (a window is scored when its last sample arrives)."""
         events = []
-        for i in range(0, len(wave), chunk):
-            events += self.feed(wave[i: i + chunk])
+        for wave in blocks:
+            for i in range(0, len(wave), chunk):
+                events += self.feed(wave[i: i + chunk])
         return events + self.flush()
 
     @property

@@ -5,6 +5,7 @@ masking) -> the registry's network -> loss. Rank-0 duties sit behind the tracker
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -137,10 +138,21 @@ class Trainer:
         self.world, self.rank = acc.num_processes, acc.process_index
         self.is_main = acc.is_main_process
         self.out = Path(cfg.output_dir)
+        new_folder = not self.out.exists()
         self._claim_output_dir()
-
-        self.data: PackedDataset = once_per_node(
-            acc, lambda: load_dataset(cfg.data, progress=acc.is_local_main_process))
+        try:
+            self._check_resume_path()
+            self.data: PackedDataset = once_per_node(
+                acc, lambda: load_dataset(cfg.data, progress=acc.is_local_main_process))
+        except BaseException:
+            # A run that never got past its data leaves no folder behind for the user to puzzle over.
+            if self.is_main and new_folder:
+                rundir.release()
+                (self.out / rundir.LOCK_NAME).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    self.out.rmdir()
+            raise
+        self._write_config()
         self.labels = self.data.labels
         train_split = self.data.split("train")
         if len(train_split) == 0:
@@ -155,6 +167,9 @@ class Trainer:
             self._init_weights(cfg.train.init_from)
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)  # 4-D weights; the rest is unchanged
+            if self.is_main and not any(p.dim() == 4 for p in self.model.parameters()):
+                log.warning("train.channels_last=true changes nothing for model.name=%s: it has no 4-D "
+                            "(convolution) weights", cfg.model.name)
         if cfg.train.sync_bn and self.world > 1:
             self.model = convert_sync_batchnorm(self.model, self.device)  # CPU (gloo) too, unlike torch's
         assets = AugmentAssets.for_config(cfg.augment, noise=self.data.background)
@@ -211,13 +226,31 @@ class Trainer:
         if self.is_main:
             try:
                 rundir.claim(self.out)
-                dump_config(self.cfg, self.out / "config.yaml")
-            except (rundir.RunDirError, OSError) as e:
+            except rundir.RunDirError as e:
                 error = e
         if any_rank_failed(self.accelerator, error is not None):
-            if isinstance(error, OSError):  # e.g. a full disk: rundir.claim checked that it is writable
-                raise rundir.RunDirError(f"cannot write {self.out / 'config.yaml'}: {error.strerror or error}")
             raise error or OtherRankFailed("stopped because rank 0 cannot use output_dir")
+
+    def _check_resume_path(self) -> None:
+        """``train.resume=PATH`` that does not exist, said before the data is packed (it is only used while
+        output_dir has no states of its own, so a requeued job whose PATH is gone goes on from those)."""
+        mode = self.cfg.train.resume
+        if mode not in ("auto", "never") and not Path(mode).exists() and not checkpoint.list_states(self.out):
+            raise ConfigError(f"config key 'train.resume': no training state at {mode} (a state/step_* folder "
+                              f"or its state.pt), and {self.out} has none of its own")
+
+    def _write_config(self) -> None:
+        """config.yaml, once the data is known to load: a run stopped by a data error leaves no folder."""
+        error = None
+        if self.is_main:
+            try:
+                dump_config(self.cfg, self.out / "config.yaml")
+            except OSError as e:
+                error = e
+        if any_rank_failed(self.accelerator, error is not None):
+            if error is not None:  # e.g. a full disk: rundir.claim checked that it is writable
+                raise rundir.RunDirError(f"cannot write {self.out / 'config.yaml'}: {error.strerror or error}")
+            raise OtherRankFailed("stopped because rank 0 cannot write config.yaml")
 
     def _state_parts(self) -> dict:
         parts = {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler}
