@@ -4,48 +4,20 @@ its metadata and really holds int8 weights."""
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
 import torch
+from support import quickly_trained
 
 from sctrain.config import load_config
-from sctrain.data.clips import split_audio, split_clips
+from sctrain.data.clips import split_clips
 from sctrain.inference import export, quantize
 from sctrain.inference.export import Tolerance, check_parity, load_exported
-from sctrain.inference.loading import LoadedModel
-from sctrain.models.classifier import AudioClassifier
-from sctrain.models.registry import create_model, get_family, list_models
+from sctrain.models.registry import list_models
 
 pytest.importorskip("onnxruntime")
-
-
-def quickly_trained(name: str, root, cache) -> tuple[LoadedModel, np.ndarray]:
-    """The family at its registered test size, trained for 40 steps on 320 real training clips of the mini set
-    (its logits then separate the words, so agreement measures quantization, not ties), and 64 test clips."""
-    family = get_family(name)
-    cfg = load_config(None, [f"model.name={name}", f"data.root={root}", f"data.cache_dir={cache}",
-                             *[f"model.{name}.{k}={v}" for k, v in family.test_size.items()],
-                             *[f"features.{k}={v}" for k, v in family.features.items()]])
-    audio, labels = split_audio(cfg.data, "train", 320)
-    test, _ = split_audio(cfg.data, "test", 64)
-    from sctrain.audio.features import LogMel
-
-    torch.manual_seed(0)
-    features = LogMel(cfg.features)
-    net = create_model(cfg.model, cfg.features, int(labels.max()) + 1)
-    x, y = features(torch.from_numpy(audio)), torch.from_numpy(labels)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    net.train()
-    for _ in range(40):
-        i = torch.randint(0, len(x), (32,), generator=gen)
-        loss = torch.nn.functional.cross_entropy(net(x[i]), y[i])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    names = [f"word{i}" for i in range(int(labels.max()) + 1)]
-    return LoadedModel(AudioClassifier(features, net).eval(), names, cfg, root / "none.pt"), test
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -113,3 +85,35 @@ def test_int8_parity_failure_keeps_no_file(trained_checkpoint, mini_root, tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("sctrain: error: parity check failed") and "int8 bounds" in err[0]
     assert not out.exists() and not list(tmp_path.glob(".tmp*"))
+
+
+def test_missing_litert_is_one_line(trained_checkpoint, tmp_path):
+    from support import run
+
+    # None in sys.modules makes the import fail, as in an environment without sctrain[edge].
+    code = ("import sys; sys.modules['litert_torch'] = None; sys.modules['ai_edge_litert'] = None; "
+            "from sctrain.cli.export import main; "
+            f"sys.exit(main([{str(trained_checkpoint)!r}, '--format', 'tflite', "
+            f"'--out', {str(tmp_path / 'm.tflite')!r}]))")
+    proc = run([sys.executable, "-c", code], timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "sctrain: error: litert_torch, ai_edge_litert not installed: pip install 'sctrain[edge]'"], proc.stderr
+    assert not (tmp_path / "m.tflite").exists()
+
+
+def test_deploy_benchmark_reports_each_format(trained_checkpoint, tmp_path, capsys):
+    from sctrain.bench.deploy import main as deploy_main
+
+    out, md = tmp_path / "deploy.json", tmp_path / "deploy.md"
+    assert deploy_main([str(trained_checkpoint), "--formats", "onnx", "onnx-int8", "--iters", "3", "--test-clips",
+                        "48", "--calibration-clips", "32", "--json", str(out), "--markdown", str(md)]) == 0
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    assert set(rows) == {"torch", "onnx", "onnx-int8"} and report["test_clips"] == 48
+    assert rows["onnx"]["agreement"] == 1.0 and rows["onnx"]["test_acc"] == rows["torch"]["test_acc"]
+    int8 = rows["onnx-int8"]
+    assert int8["agreement"] >= 0.9 and int8["bytes"] < rows["onnx"]["bytes"]
+    assert int8["acc_change_vs_float"] == pytest.approx(int8["test_acc"] - rows["onnx"]["test_acc"])
+    assert all(r["batch1"]["p50_ms"] > 0 for r in rows.values())
+    assert "| onnx-int8 | audio |" in md.read_text() and "| onnx-int8 | audio |" in capsys.readouterr().out

@@ -19,10 +19,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         epilog=export.__doc__[export.__doc__.index("Two inputs"):])
     p.add_argument("checkpoint", help="best_sc.pt written by training")
     p.add_argument("--format", choices=export.FORMATS, required=True,
-                   help="onnx (needs sctrain[deploy]) or torchscript")
-    p.add_argument("--input", choices=export.INPUTS, default="audio",
-                   help="audio: raw 16 kHz [batch, 16000], features in the graph (default); "
-                        "logmel: [batch, 1, n_mels, frames]")
+                   help="onnx (needs sctrain[deploy]), torchscript or tflite (LiteRT, needs sctrain[edge])")
+    p.add_argument("--input", choices=export.INPUTS,
+                   help="audio: raw 16 kHz [batch, 16000], features in the graph (default for onnx, torchscript); "
+                        "logmel: [batch, 1, n_mels, frames] (the only input of tflite)")
     p.add_argument("--out", help="output file (default: next to the checkpoint, e.g. best_sc.onnx)")
     p.add_argument("--check-audio", nargs="+", metavar="PATH",
                    help="real clips (files or folders) for the parity check (default: the checkpoint's data.root)")
@@ -48,8 +48,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         p.error(f"--calibration-clips must be >= 1, got {args.calibration_clips}")
     if not 0 <= args.min_agreement <= 1 or not 0 <= args.max_prob_diff <= 1:
         p.error("--min-agreement and --max-prob-diff must lie in [0, 1]")
-    if args.int8 and args.format == "torchscript":
-        p.error("--int8 needs --format onnx")
+    if args.int8 and args.format not in export.INT8_FORMATS:
+        p.error(f"--int8 needs --format {' or '.join(export.INT8_FORMATS)}")
+    if args.input is None:
+        args.input = "logmel" if args.format == "tflite" else "audio"
     return args
 
 
@@ -64,6 +66,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         if args.format == "onnx":
             export.require("onnx", "onnxscript", "onnxruntime")  # before any work: parity needs the runtime too
+        if args.format == "tflite":
+            export.require("litert_torch", "ai_edge_litert", hint=export.EDGE_HINT)
         model = load_model(args.checkpoint)
         sources = args.check_audio or [model.config.data.root]
         clips = export.find_clips(sources, args.check_clips)

@@ -60,10 +60,12 @@ log = logging.getLogger(__name__)
 
 EXPORT_FORMAT = "sctrain-export/1"
 INPUTS = ("audio", "logmel")
-FORMATS = ("onnx", "torchscript")
-SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+FORMATS = ("onnx", "torchscript", "tflite")
+SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "tflite": ".tflite"}
+INT8_FORMATS = ("onnx", "tflite")
 ONNX_OPSET = 20  # STFT needs >= 17; 20 is what the dynamo exporter emits for torch 2.x
 DEPLOY_HINT = "pip install 'sctrain[deploy]'"
+EDGE_HINT = "pip install 'sctrain[edge]'"
 
 
 class ExportError(RuntimeError):
@@ -113,7 +115,7 @@ def _module(model: LoadedModel, kind: str, fast: bool = False) -> torch.nn.Modul
 
 # ------------------------------------------------------------------------------------------ writers
 
-def require(*modules: str) -> None:
+def require(*modules: str, hint: str = DEPLOY_HINT) -> None:
     """One-line :class:`ExportError` naming the optional packages that are missing (or fail to import)."""
     missing = []
     for name in modules:
@@ -122,7 +124,7 @@ def require(*modules: str) -> None:
         except ImportError:
             missing.append(name)
     if missing:
-        raise ExportError(f"{', '.join(missing)} not installed: {DEPLOY_HINT}")
+        raise ExportError(f"{', '.join(missing)} not installed: {hint}")
 
 
 def _write_onnx_graph(module: torch.nn.Module, example: torch.Tensor, out: Path, arg: str, input_name: str,
@@ -210,6 +212,34 @@ def export_onnx_int8(model: LoadedModel, out: str | Path, kind: str = "audio",
     return out
 
 
+def export_tflite(model: LoadedModel, out: str | Path, kind: str = "logmel", int8: bool = False,
+                  calibration: Optional[np.ndarray] = None, clips: int = 0) -> Path:
+    """Write a LiteRT (``.tflite``) file of the network, features in, batch 1 (:mod:`sctrain.inference.litert`);
+    ``int8``: fully integer, calibrated like :func:`export_onnx_int8`. The :func:`metadata` goes into the
+    flatbuffer's metadata table."""
+    if kind != "logmel":
+        raise ExportError("tflite files take features (--input logmel): LiteRT has no complex tensors, so the STFT "
+                          "of the raw-audio graph does not convert")
+    require("litert_torch", "ai_edge_litert", hint=EDGE_HINT)
+    from sctrain.inference import litert, quantize
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    extra = {}
+    features = None
+    if int8:
+        if calibration is None:
+            calibration = quantize.calibration_audio(model, clips or quantize.CALIBRATION_CLIPS)
+        with torch.inference_mode():
+            features = model.features(torch.from_numpy(calibration)).numpy()
+        extra["sctrain.quantization"] = quantize.quantization_record(len(calibration), tool="litert")
+    meta = {**metadata(model, kind), **extra}
+    meta["sctrain.input_shape"] = json.dumps([1, *json.loads(meta["sctrain.input_shape"])[1:]])
+    litert.convert_net(model.net.eval(), _example(model, kind, batch=1), out, features)
+    litert.write_metadata(out, meta)
+    return out
+
+
 def export_torchscript(model: LoadedModel, out: str | Path, kind: str = "audio") -> Path:
     """Write a traced, frozen TorchScript file with the :func:`metadata` as ``_extra_files``.
 
@@ -281,8 +311,25 @@ class TorchScriptModel(ExportedModel):
         return self.module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
 
 
+class LiteRTModel(ExportedModel):
+    """A ``.tflite`` file in ``ai_edge_litert``'s interpreter (batch 1 inside; any batch in)."""
+
+    def __init__(self, path: str | Path, threads: int = 1) -> None:
+        require("ai_edge_litert", hint=EDGE_HINT)
+        from sctrain.inference import litert
+
+        self.runner = litert.LiteRTInterpreter(path, threads)
+        super().__init__(path, litert.read_metadata(path))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.runner(x)
+
+
 def load_exported(path: str | Path, threads: int = 1) -> ExportedModel:
-    return OnnxModel(path, threads) if str(path).endswith(".onnx") else TorchScriptModel(path)
+    name = str(path)
+    if name.endswith(".onnx"):
+        return OnnxModel(path, threads)
+    return LiteRTModel(path, threads) if name.endswith(".tflite") else TorchScriptModel(path)
 
 
 # ------------------------------------------------------------------------------------------- parity
@@ -379,8 +426,8 @@ def write_checked(model: LoadedModel, out: Path, fmt: str, kind: str, audio: np.
     fails the check is deleted and never replaces an earlier good export. ``int8``: quantized
     (:func:`export_onnx_int8`, calibrated on ``calibration`` audio, else ``calibration_clips`` training
     clips), checked against ``atol`` if it is a :class:`Tolerance`, else against :meth:`Tolerance.int8`."""
-    if int8 and fmt != "onnx":
-        raise ExportError(f"--int8 is for --format onnx (and tflite), not {fmt}")
+    if int8 and fmt not in INT8_FORMATS:
+        raise ExportError(f"--int8 is for --format {' or '.join(INT8_FORMATS)}, not {fmt}")
     if int8 and not isinstance(atol, Tolerance):
         atol = Tolerance.int8()
     if out.is_dir():  # the temporary name would lack the suffix that picks the runtime
@@ -389,7 +436,9 @@ def write_checked(model: LoadedModel, out: Path, fmt: str, kind: str, audio: np.
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp.touch()  # a read-only folder fails here, in plain words, not deep inside an exporter
-        if int8:
+        if fmt == "tflite":
+            export_tflite(model, tmp, kind, int8, calibration, calibration_clips)
+        elif int8:
             export_onnx_int8(model, tmp, kind, calibration, calibration_clips)
         else:
             (export_onnx if fmt == "onnx" else export_torchscript)(model, tmp, kind)

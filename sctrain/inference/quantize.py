@@ -119,9 +119,14 @@ def join_front_end(front_end: Path, net: Path, out: Path) -> Path:
     return out
 
 
-def quantization_record(clips: int) -> str:
+TOOLS = {"onnx": {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
+                  "activations": "int8 asymmetric, MinMax calibration"},
+         "litert": {"tool": "torchao pt2e + litert_torch.convert", "format": "integer tflite (int8 input/output)",
+                    "activations": "int8 symmetric, MinMax observers"}}
+
+
+def quantization_record(clips: int, tool: str = "onnx") -> str:
     """``sctrain.quantization`` metadata: how the int8 file was made (JSON)."""
-    return json.dumps({"dtype": "int8", "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
-                       "weights": "int8 per channel, symmetric", "activations": "int8, MinMax calibration",
-                       "front_end": "float32", "calibration_split": CALIBRATION_SPLIT,
+    return json.dumps({"dtype": "int8", **TOOLS[tool], "weights": "int8 per channel, symmetric",
+                       "front_end": "float32, outside the network", "calibration_split": CALIBRATION_SPLIT,
                        "calibration_clips": clips, "clip_samples": CLIP_SAMPLES})

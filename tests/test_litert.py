@@ -1,0 +1,67 @@
+"""LiteRT (TFLite) export: float and int8 files run in the real ai-edge-litert interpreter like PyTorch on real
+clips, carry their metadata, and a client without torch reads and runs them. Skipped without sctrain[edge]."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from support import REPO, quickly_trained
+
+from sctrain.inference import export
+
+pytest.importorskip("litert_torch")
+pytest.importorskip("ai_edge_litert")
+
+# What a device-side Python client does with ai-edge-litert alone: torch cannot even be imported.
+CLIENT = """
+import json, sys
+import numpy as np
+sys.modules["torch"] = None
+from sctrain.inference.litert import LiteRTInterpreter, read_metadata
+meta = read_metadata(sys.argv[1])
+logits = LiteRTInterpreter(sys.argv[1])(np.load(sys.argv[2]))
+print(json.dumps({"labels": json.loads(meta["sctrain.labels"]), "argmax": logits.argmax(1).tolist()}))
+"""
+
+
+@pytest.fixture(scope="module")
+def kwsnet(mini_root, tmp_path_factory):
+    torch.set_num_threads(1)
+    return quickly_trained("kwsnet", mini_root, tmp_path_factory.mktemp("cache"))
+
+
+@pytest.mark.parametrize("int8", [False, True], ids=["float", "int8"])
+def test_tflite_export_runs_in_the_litert_interpreter(kwsnet, int8, tmp_path):
+    model, test = kwsnet
+    out = tmp_path / ("kws.int8.tflite" if int8 else "kws.tflite")
+    tolerance = export.Tolerance.int8() if int8 else export.Tolerance(atol=1e-4)
+    result = export.write_checked(model, out, "tflite", "logmel", test, tolerance, int8=int8, calibration_clips=64)
+    assert result["clips"] == len(test)
+    exported = export.load_exported(out)
+    assert exported.labels == model.labels and exported.input == "logmel"
+    assert json.loads(exported.meta["sctrain.input_shape"])[0] == 1
+    assert ("sctrain.quantization" in exported.meta) == int8
+    details = exported.runner.input
+    assert details["dtype"] == (np.int8 if int8 else np.float32)
+    with torch.inference_mode():
+        features = model.features(torch.from_numpy(test)).numpy()
+        reference = model.net(torch.from_numpy(features)).numpy()
+    np.save(tmp_path / "features.npy", features)
+    proc = subprocess.run([sys.executable, "-c", CLIENT, str(out), str(tmp_path / "features.npy")], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    client = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert client["labels"] == model.labels
+    agree = np.mean(np.array(client["argmax"]) == reference.argmax(1))
+    assert agree == 1.0 if not int8 else agree >= 0.9
+
+
+def test_tflite_refuses_raw_audio_in_one_line(kwsnet, tmp_path):
+    model, test = kwsnet
+    with pytest.raises(export.ExportError, match="--input logmel"):
+        export.write_checked(model, tmp_path / "kws.tflite", "tflite", "audio", test, 1e-4)
+    assert not (tmp_path / "kws.tflite").exists()
