@@ -16,15 +16,20 @@ from sctrain.inference import export
 pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_litert")
 
-# What a device-side Python client does with ai-edge-litert alone: torch cannot even be imported.
+# What a device-side Python client does with ai-edge-litert alone (torch cannot even be imported): the manifest's
+# front end on each WAV, then the interpreter.
 CLIENT = """
 import json, sys
 import numpy as np
+import soundfile as sf
 sys.modules["torch"] = None
 from sctrain.inference.litert import LiteRTInterpreter, read_metadata
-meta = read_metadata(sys.argv[1])
-logits = LiteRTInterpreter(sys.argv[1])(np.load(sys.argv[2]))
-print(json.dumps({"labels": json.loads(meta["sctrain.labels"]), "argmax": logits.argmax(1).tolist()}))
+from sctrain.inference.manifest import log_mel, manifest_path, read_manifest
+manifest = read_manifest(manifest_path(sys.argv[1]))
+runner = LiteRTInterpreter(sys.argv[1])
+argmax = [int(runner(log_mel(manifest, sf.read(wav, dtype="float32")[0])).argmax()) for wav in sys.argv[2:]]
+print(json.dumps({"labels": json.loads(read_metadata(sys.argv[1])["sctrain.labels"]),
+                  "manifest_labels": manifest["labels"], "argmax": argmax}))
 """
 
 
@@ -35,7 +40,9 @@ def kwsnet(mini_root, tmp_path_factory):
 
 
 @pytest.mark.parametrize("int8", [False, True], ids=["float", "int8"])
-def test_tflite_export_runs_in_the_litert_interpreter(kwsnet, int8, tmp_path):
+def test_tflite_export_runs_in_the_litert_interpreter(kwsnet, int8, mini_root, tmp_path):
+    from sctrain.inference.manifest import write_manifest
+
     model, test = kwsnet
     out = tmp_path / ("kws.int8.tflite" if int8 else "kws.tflite")
     tolerance = export.Tolerance.int8() if int8 else export.Tolerance(atol=1e-4)
@@ -47,15 +54,16 @@ def test_tflite_export_runs_in_the_litert_interpreter(kwsnet, int8, tmp_path):
     assert ("sctrain.quantization" in exported.meta) == int8
     details = exported.runner.input
     assert details["dtype"] == (np.int8 if int8 else np.float32)
+    write_manifest(model, out, exported.meta, result)
+    files = sorted((mini_root / "testing_list.txt").read_text().split())
+    wavs = [mini_root / f for f in files[:: len(files) // 24][:24]]  # 1 s test clips, every word
     with torch.inference_mode():
-        features = model.features(torch.from_numpy(test)).numpy()
-        reference = model.net(torch.from_numpy(features)).numpy()
-    np.save(tmp_path / "features.npy", features)
-    proc = subprocess.run([sys.executable, "-c", CLIENT, str(out), str(tmp_path / "features.npy")], cwd=REPO,
+        reference = model.classifier(torch.from_numpy(export.clip_batch(wavs))).numpy()
+    proc = subprocess.run([sys.executable, "-c", CLIENT, str(out), *map(str, wavs)], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     client = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert client["labels"] == model.labels
+    assert client["labels"] == client["manifest_labels"] == model.labels
     agree = np.mean(np.array(client["argmax"]) == reference.argmax(1))
     assert agree == 1.0 if not int8 else agree >= 0.9
 

@@ -3,6 +3,7 @@
 its metadata and really holds int8 weights."""
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 
@@ -15,6 +16,7 @@ from sctrain.config import load_config
 from sctrain.data.clips import split_clips
 from sctrain.inference import export, quantize
 from sctrain.inference.export import Tolerance, check_parity, load_exported
+from sctrain.inference.manifest import manifest_path, read_manifest
 from sctrain.models.registry import list_models
 
 pytest.importorskip("onnxruntime")
@@ -55,9 +57,14 @@ def test_int8_cli_export_with_the_front_end_in_the_graph(trained_checkpoint, mod
 
     out = tmp_path / "kws.int8.onnx"
     assert export_main([str(trained_checkpoint), "--format", "onnx", "--int8", "--calibration-clips", "64",
-                        "--out", str(out), "--check-clips", "48"]) == 0
+                        "--out", str(out), "--check-clips", "48", "--manifest"]) == 0
     printed = capsys.readouterr().out
     assert "onnx int8, input audio" in printed and "parity on 48 real clips" in printed
+    manifest = read_manifest(manifest_path(out))
+    assert manifest["model_file"] == out.name and manifest["bytes"] == out.stat().st_size
+    assert manifest["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert manifest["labels"] == model.labels and manifest["quantization"]["calibration_clips"] == 64
+    assert manifest["parity_at_export"]["clips"] == 48 and len(manifest["front_end"]["window"]) == 512
     # A plain ONNX Runtime session on raw audio, as a deployment runs it.
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     meta = session.get_modelmeta().custom_metadata_map

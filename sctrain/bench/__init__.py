@@ -1,4 +1,4 @@
-"""Benchmarks that print and write figures: ``python -m sctrain.bench {pipeline,scaling,latency,models,gpu,deploy} ...``."""
+"""Benchmarks that print and write figures: ``python -m sctrain.bench NAME ...`` (see ``__main__``)."""
 
 
 def setup_logging() -> None:

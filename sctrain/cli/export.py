@@ -41,6 +41,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="int8: smallest share of check clips whose argmax must match PyTorch's (default 0.9)")
     p.add_argument("--max-prob-diff", type=float, default=0.35,
                    help="int8: largest allowed |class probability difference| on a check clip (default 0.35)")
+    p.add_argument("--manifest", action="store_true",
+                   help="also write FILE.manifest.json: labels, thresholds, detector rules, the front end as numbers "
+                        "(window, mel filterbank, DCT), size, SHA-256 and the parity result, for device programs")
     args = p.parse_args(argv)
     if args.check_clips < 1:
         p.error(f"--check-clips must be >= 1, got {args.check_clips}")
@@ -87,6 +90,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             calibration = export.clip_batch(files)
         result = export.write_checked(model, out, args.format, args.input, audio, tolerance, int8=args.int8,
                                       calibration_clips=args.calibration_clips, calibration=calibration)
+        if args.manifest:
+            from sctrain.inference.manifest import write_manifest
+
+            manifest = write_manifest(model, out, export.load_exported(out).meta, result)
     except (CheckpointError, AudioError, DatasetError, export.ExportError) as e:
         print(f"sctrain: error: {e}", file=sys.stderr)
         return 2
@@ -94,6 +101,8 @@ def main(argv: Optional[list[str]] = None) -> int:
           f"{out.stat().st_size / 1e6:.2f} MB)")
     print(f"parity on {result['clips']} real clips: max |logit diff| = {result['max_abs_diff']:.3g}, "
           f"max |prob diff| = {result['max_prob_diff']:.3g}, argmax agrees {result['argmax_agree']}/{result['clips']}")
+    if args.manifest:
+        print(f"wrote {manifest}")
     return 0
 
 
