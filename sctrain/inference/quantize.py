@@ -28,7 +28,9 @@ from sctrain.audio.constants import CLIP_SAMPLES
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_CLIPS = 256  # default --calibration-clips: past ~200 clips the MinMax ranges stop moving
+# Default --calibration-clips. For kwsnet (width 16) on speech_commands_8w, 64 and 256 clips gave the same int8
+# test accuracy (96.77 %, 464 clips) on 2026-12-04; 256 reads in seconds and leaves margin for other families.
+CALIBRATION_CLIPS = 256
 CALIBRATION_BATCH = 32
 CALIBRATION_SPLIT = "train"
 
