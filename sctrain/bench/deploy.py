@@ -103,7 +103,9 @@ def run_bench(args: argparse.Namespace) -> dict:
         for name in args.formats:
             fmt, kind, int8 = FORMATS[name]
             out = Path(tmp) / f"model{'.int8' if int8 else ''}{export.SUFFIX[fmt]}"
-            tolerance = export.Tolerance.int8() if int8 else export.Tolerance(atol=1e-3)
+            # The check clips include the test split's quiet _silence_ cuts, where float front ends differ most
+            # (log of tiny mel energies): 1e-2 here; the table's agreement column is the measure.
+            tolerance = export.Tolerance.int8() if int8 else export.Tolerance(atol=1e-2)
             try:
                 export.write_checked(model, out, fmt, kind, check, tolerance, int8=int8, calibration=calibration)
             except export.ExportError as e:

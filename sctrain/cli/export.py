@@ -22,7 +22,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="onnx (needs sctrain[deploy]), torchscript or tflite (LiteRT, needs sctrain[edge])")
     p.add_argument("--input", choices=export.INPUTS,
                    help="audio: raw 16 kHz [batch, 16000], features in the graph (default for onnx, torchscript); "
-                        "logmel: [batch, 1, n_mels, frames] (the only input of tflite)")
+                        "logmel: [batch, 1, n_mels, frames] (default for tflite: audio-in tflite files carry a "
+                        "1-4 MB DFT basis)")
     p.add_argument("--out", help="output file (default: next to the checkpoint, e.g. best_sc.onnx)")
     p.add_argument("--check-audio", nargs="+", metavar="PATH",
                    help="real clips (files or folders) for the parity check (default: the checkpoint's data.root)")

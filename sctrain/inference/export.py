@@ -214,28 +214,28 @@ def export_onnx_int8(model: LoadedModel, out: str | Path, kind: str = "audio",
 
 def export_tflite(model: LoadedModel, out: str | Path, kind: str = "logmel", int8: bool = False,
                   calibration: Optional[np.ndarray] = None, clips: int = 0) -> Path:
-    """Write a LiteRT (``.tflite``) file of the network, features in, batch 1 (:mod:`sctrain.inference.litert`);
-    ``int8``: fully integer, calibrated like :func:`export_onnx_int8`. The :func:`metadata` goes into the
-    flatbuffer's metadata table."""
-    if kind != "logmel":
-        raise ExportError("tflite files take features (--input logmel): LiteRT has no complex tensors, so the STFT "
-                          "of the raw-audio graph does not convert")
+    """Write a LiteRT (``.tflite``) file, batch 1 (:mod:`sctrain.inference.litert`): the network on features,
+    or for ``kind`` 'audio' the front end as :class:`~sctrain.inference.litert_export.RealLogMel` before it;
+    ``int8``: the network quantized, calibrated like :func:`export_onnx_int8`. The :func:`metadata` goes
+    into the flatbuffer's metadata table."""
     require("litert_torch", "ai_edge_litert", hint=EDGE_HINT)
-    from sctrain.inference import litert, quantize
+    from sctrain.inference import litert, litert_export, quantize
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     extra = {}
-    features = None
+    inputs = None
     if int8:
         if calibration is None:
             calibration = quantize.calibration_audio(model, clips or quantize.CALIBRATION_CLIPS)
         with torch.inference_mode():
-            features = model.features(torch.from_numpy(calibration)).numpy()
+            inputs = calibration if kind == "audio" else model.features(torch.from_numpy(calibration)).numpy()
         extra["sctrain.quantization"] = quantize.quantization_record(len(calibration), tool="litert")
     meta = {**metadata(model, kind), **extra}
     meta["sctrain.input_shape"] = json.dumps([1, *json.loads(meta["sctrain.input_shape"])[1:]])
-    litert.convert_net(model.net.eval(), _example(model, kind, batch=1), out, features)
+    # Sequential names its children "0" (front end) and "1" (network): with audio in, quantize "1" only.
+    litert_export.convert(litert_export.convertible(model, kind), _example(model, kind, batch=1), out, inputs,
+                   quantize_only="1" if kind == "audio" else None)
     litert.write_metadata(out, meta)
     return out
 

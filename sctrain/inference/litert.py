@@ -4,31 +4,33 @@ Why this pair: ``litert-torch`` converts a PyTorch module through ``torch.export
 flatbuffer (no TensorFlow, no ONNX hop) and its 0.10 release runs on torch 2.14; ``ai-edge-litert`` is
 Google's interpreter package alone (no torch, no TensorFlow), what a device-side Python client installs.
 
-Input: always the features (``--input logmel``): ``float32 [1, 1, bands, frames]``, the per-clip normalised
-log-mel / MFCC of :class:`sctrain.audio.features.LogMel` (parameters in ``sctrain.features``). The raw-audio
-graph does not convert: LiteRT has no complex tensors, and the STFT is one (``Unsupported ir element type:
-complex<f32>``, litert-torch 0.10). Batch 1, fixed: the shape a device runs.
+Input (batch 1, fixed: the shape a device runs): ``--input logmel`` (the default for tflite) ``float32 [1, 1,
+bands, frames]``, the per-clip normalised log-mel / MFCC of :class:`sctrain.audio.features.LogMel`
+(parameters in ``sctrain.features``, the numbers in the manifest); or ``--input audio`` ``float32 [1, 16000]``
+with the front end in the file as :class:`RealLogMel`. The training front end's graph does not convert
+(LiteRT has no complex tensors and the STFT is one: ``Unsupported ir element type: complex<f32>``,
+litert-torch 0.10), so :class:`RealLogMel` computes the same STFT as a strided convolution with the windowed
+DFT basis: real-valued, but its basis is ``2 * (n_fft // 2 + 1) x win_length`` float32 weights (1 MB at the
+default 512-point FFT, 2.6 MB for DS-CNN's 1024), many times a small network's size.
 
 ``int8``: PyTorch's own PT2E flow (``torchao.quantization.pt2e`` ``prepare_pt2e`` / ``convert_pt2e`` with
 litert-torch's ``PT2EQuantizer``: symmetric per-channel int8 weights, int8 activations), calibrated on clips
 of the checkpoint's training split, then converted: a fully integer model (int8 input and output tensors,
-their scale and zero point in the file) for TFLite Micro class devices. :class:`LiteRTModel` quantizes the
-features in and dequantizes the logits out.
+their scale and zero point in the file) for TFLite Micro class devices; with ``--input audio`` only the
+network is quantized and the front end stays float32. :class:`LiteRTInterpreter` quantizes an int8 input
+and dequantizes an int8 output.
+
+This module is the device side and imports no torch (a client runs it with ``ai_edge_litert`` alone); the
+conversion is :mod:`sctrain.inference.litert_export`.
 
 Metadata: the same ``sctrain.*`` keys as the ONNX files, as entries of the flatbuffer's ``metadata`` table
 (name -> buffer of UTF-8 JSON/text), readable with ``ai_edge_litert`` alone (:func:`read_metadata`).
 """
 from __future__ import annotations
 
-import logging
-import os
-import warnings
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
-
-log = logging.getLogger(__name__)
 
 
 def _schema():
@@ -66,44 +68,6 @@ def write_metadata(path: Path, meta: dict[str, str]) -> None:
         entry.name, entry.buffer = key, len(model.buffers) - 1
         model.metadata.append(entry)
     path.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
-
-
-def _quiet():
-    """litert-torch narrates every conversion stage on stdout/stderr and through absl; keep the CLI's one line."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    for name in ("litert_torch", "absl", "torch._export", "torch.export", "torch._dynamo"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
-def convert_net(net, example, out: Path, calibration: Optional[np.ndarray] = None) -> Path:
-    """``net`` (features in, logits out, eval mode) -> ``out``; ``calibration``: features ``[N, 1, F, T]`` to
-    quantize to int8 with (None: float32)."""
-    import contextlib
-    import io
-
-    import litert_torch
-    import torch
-
-    _quiet()
-    with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), \
-            contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        if calibration is None:
-            edge = litert_torch.convert(net, (example,))
-        else:
-            from litert_torch.quantize import pt2e_quantizer, quant_config
-            from torchao.quantization.pt2e import quantize_pt2e
-
-            quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
-                pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
-            graph = quantize_pt2e.prepare_pt2e(torch.export.export(net, (example,)).module(), quantizer)
-            for i in range(len(calibration)):  # observers record each activation's range
-                graph(torch.from_numpy(calibration[i: i + 1]))
-            graph = quantize_pt2e.convert_pt2e(graph, fold_quantize=False)
-            config = quant_config.QuantConfig(pt2e_quantizer=quantizer)
-            edge = litert_torch.convert(graph, (example,), quant_config=config)
-        edge.export(str(out))
-    return out
 
 
 class LiteRTInterpreter:

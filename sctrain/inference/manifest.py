@@ -5,8 +5,9 @@ runtime (in the spirit of ESPHome's micro_wake_word manifests), and the NumPy fr
 name, size and SHA-256, its input, the labels, the calibrated thresholds and detector rules, the
 quantization record, the parity result measured at export, and the front end as numbers: the STFT window
 (``n_fft`` long), the mel filterbank ``[bins, n_mels]``, the DCT matrix for MFCCs, and the constants of the
-log and the per-clip normalisation. :func:`log_mel` computes a features-in file's input from audio with
-NumPy alone (no torch), the same numbers as :class:`sctrain.audio.features.LogMel` to float32 rounding, so
+log and the per-clip normalisation. :func:`model_input` gives the file's input for a recording (for a
+features-in file, :func:`log_mel`, which computes a features-in file's input from audio with
+NumPy alone, no torch, the same numbers as :class:`sctrain.audio.features.LogMel` to float32 rounding), so
 an ``ai-edge-litert`` or ``onnxruntime`` client runs a WAV end to end.
 """
 from __future__ import annotations
@@ -71,14 +72,26 @@ def read_manifest(path: str | Path) -> dict:
     return manifest
 
 
+def one_clip(manifest: dict, wave: np.ndarray) -> np.ndarray:
+    """The first ``clip_samples`` (1 s) of ``wave`` as float32 ``[1, clip_samples]``, a shorter recording
+    zero-padded at its end as ``python -m sctrain.predict`` pads it: a raw-audio file's input."""
+    clip = np.zeros((1, manifest["front_end"]["clip_samples"]), dtype=np.float32)
+    wave = np.asarray(wave, dtype=np.float32)[: clip.shape[1]]
+    clip[0, : len(wave)] = wave
+    return clip
+
+
+def model_input(manifest: dict, wave: np.ndarray) -> np.ndarray:
+    """What the manifest's model file takes for one recording: :func:`one_clip` or its :func:`log_mel`."""
+    return one_clip(manifest, wave) if manifest["input"] == "audio" else log_mel(manifest, wave)
+
+
 def log_mel(manifest: dict, wave: np.ndarray) -> np.ndarray:
     """``[T]`` float audio in [-1, 1] at the manifest's sample rate -> normalised ``[1, 1, bands, frames]``
     float32 features, as :class:`LogMel` computes them (NumPy only), of the first ``clip_samples`` (1 s),
     a shorter recording zero-padded at its end as ``python -m sctrain.predict`` pads it."""
     fe = manifest["front_end"]
-    clip = np.zeros(fe["clip_samples"], dtype=np.float32)
-    wave = np.asarray(wave, dtype=np.float32)[: len(clip)]
-    clip[: len(wave)] = wave
+    clip = one_clip(manifest, wave)[0]
     n_fft, hop = fe["n_fft"], fe["hop_length"]
     half = n_fft // 2
     wave = np.pad(clip, half, mode="reflect")  # torch.stft(center=True)'s padding
