@@ -1,5 +1,5 @@
-"""``python -m sctrain.export CKPT --format onnx|torchscript``: a deployable model file, checked against PyTorch
-(:mod:`sctrain.inference.export` does the work and documents the files)."""
+"""``python -m sctrain.export CKPT --format onnx|torchscript|tflite [--int8]``: a deployable model file, checked
+against PyTorch (:mod:`sctrain.inference.export` does the work and documents the files)."""
 from __future__ import annotations
 
 import argparse
@@ -14,8 +14,8 @@ from sctrain.inference import export, quantize
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m sctrain.export", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Export a best_sc.pt to ONNX (float or int8) or TorchScript and check it against PyTorch "
-                    "on real clips.",
+        description="Export a best_sc.pt to ONNX (float or int8), TorchScript or LiteRT (float or int8) and "
+                    "check it against PyTorch on real clips.",
         epilog=export.__doc__[export.__doc__.index("Two inputs"):])
     p.add_argument("checkpoint", help="best_sc.pt written by training")
     p.add_argument("--format", choices=export.FORMATS, required=True,
@@ -31,8 +31,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--atol", type=float, default=1e-3,
                    help="largest allowed |logit difference| of a float file (default 1e-3)")
     p.add_argument("--int8", action="store_true",
-                   help="int8 static quantization of the network (ONNX Runtime's quantize_static, QDQ; the front "
-                        "end stays float32); checked by agreement, not bitwise: see --min-agreement, --max-prob-diff")
+                   help="int8 static quantization of the network (onnx: ONNX Runtime's quantize_static, QDQ; tflite: "
+                        "PyTorch's PT2E flow; the front end stays float32); checked by agreement, not bitwise: see "
+                        "--min-agreement, --max-prob-diff")
     p.add_argument("--calibration-clips", type=int, default=quantize.CALIBRATION_CLIPS,
                    help=f"int8: clips of the checkpoint's training split that calibrate the activation ranges "
                         f"(default {quantize.CALIBRATION_CLIPS})")
