@@ -9,6 +9,7 @@ BENCHMARKS = {
     "scaling": "the same short training with 1 and 2 processes: clips/s and scaling efficiency",
     "latency": "inference latency and throughput of a checkpoint: eager, compiled, ONNX Runtime",
     "models": "every model family: params, MACs, CPU latency, training clips/s, accuracy in a time budget",
+    "deploy": "every deployable format (ONNX float/int8, TorchScript, LiteRT): size, test accuracy, agreement, latency",
     "gpu": "the prepared GPU check: placement x compile x precision clips/s, time to accuracy, DDP launch, GPU tests",
 }
 

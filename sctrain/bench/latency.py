@@ -33,6 +33,7 @@ import torch
 from sctrain.artifacts.files import CheckpointError
 from sctrain.audio.constants import CLIP_SAMPLES, SAMPLE_RATE
 from sctrain.audio.io import AudioError
+from sctrain.bench import setup_logging
 from sctrain.inference.latency import cpu_name, summarize, time_calls
 from sctrain.inference.loading import LoadedModel, load_model
 from sctrain.models.registry import count_parameters
@@ -303,9 +304,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    logging.getLogger("sctrain").setLevel(logging.INFO)
+    setup_logging()
     for noisy in ("torch._dynamo", "torch._inductor", "torch.onnx", "torch.export", "torch.utils.cpp_extension"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     # The STFT stays an eager (complex-valued) kernel inside the compiled graph; inductor says so per compile.

@@ -3,8 +3,8 @@ from .exact_resume import COMMON, assert_same_weights, metric_history, sctrain_a
 from .paths import REPO, SHARED
 from .ports import free_port
 from .processes import TIMEOUT, descendants, finish, kill_tree, run, stalled_save, start, wait_for
-from .trainers import one_torch_thread, train_on_one_thread, trainer_for
+from .trainers import one_torch_thread, quickly_trained, train_on_one_thread, trainer_for
 
 __all__ = ["COMMON", "REPO", "SHARED", "TIMEOUT", "assert_same_weights", "descendants", "finish", "free_port",
-           "kill_tree", "metric_history", "one_torch_thread", "run", "sctrain_args", "stalled_save", "start",
-           "train_on_one_thread", "trainer_for", "wait_for"]
+           "kill_tree", "metric_history", "one_torch_thread", "quickly_trained", "run", "sctrain_args",
+           "stalled_save", "start", "train_on_one_thread", "trainer_for", "wait_for"]
