@@ -17,7 +17,7 @@ from support import REPO, one_torch_thread
 
 from sctrain.artifacts.best import load_best
 from sctrain.config import load_config
-from sctrain.models.registry import list_models
+from sctrain.models.registry import get_family, list_models
 from sctrain.training.checkpoint.files import list_states
 
 optuna = pytest.importorskip("optuna")
@@ -138,7 +138,8 @@ def test_an_interrupted_trial_resumes_in_its_folder(synthetic_root, tmp_path):
 
 @pytest.mark.parametrize("family", list_models())
 def test_default_space_fits_every_family(family):
-    overrides = [f"model.name={family}"]
+    # With the family's own front end: bcresnet's sub-bands need 40 mels, which the config checks when it loads.
+    overrides = [f"model.name={family}", *[f"features.{k}={v}" for k, v in get_family(family).features.items()]]
     cfg = load_config(CONFIG, overrides)
     space = default_space(cfg)
     dims = parse_space(space, "(default)", CONFIG, overrides)  # every bound and choice builds a valid config
