@@ -80,7 +80,7 @@ class DatasetError(RuntimeError):
 
 @dataclass(frozen=True)
 class Clip:
-    path: str  # relative to the dataset root, forward slashes (absolute for official test clips outside it)
+    path: str  # relative to the dataset root, forward slashes (absolute outside it: official test clips, extra roots)
     label: int
     offset: int = 0  # first sample; non-zero only for _silence_ cuts of a noise recording
     gain: float = 1.0  # linear factor applied when decoding; below 1 only for _silence_ cuts
@@ -442,7 +442,8 @@ def plan_labels(root: Path, task: str, words: list[str], keywords: list[str] = (
 
 def scan_dataset(root: Path, task: str = "all", unknown_ratio: float = 1.0, silence_ratio: float = 1.0,
                  seed: int = 0, *, keywords: list[str] = (), silence: Optional[bool] = None,
-                 lists_dir: Optional[Path] = None, test_root: Optional[Path] = None) -> DatasetIndex:
+                 lists_dir: Optional[Path] = None, test_root: Optional[Path] = None,
+                 extra_roots: list = (), root_train_clips: Optional[int] = None) -> DatasetIndex:
     """Index the clips under ``root`` into train/validation/test splits for ``task`` (see :func:`plan_labels`).
 
     Following Warden 2018 and the TensorFlow ``speech_commands`` reference (``input_data.py``), per split
@@ -456,14 +457,21 @@ def scan_dataset(root: Path, task: str = "all", unknown_ratio: float = 1.0, sile
 
     ``lists_dir``: where ``validation_list.txt`` / ``testing_list.txt`` are (default ``root``).
     ``test_root``: the extracted official test set, which then is the test split (the listed test clips
-    are left out: the same speakers). A label without training clips is a :class:`DatasetError`.
+    are left out: the same speakers). ``extra_roots`` and ``root_train_clips``: :mod:`sctrain.data.sources`.
+    A label without training clips is a :class:`DatasetError`.
     """
+    from sctrain.data.sources import extra_clips, keep_root_train
+
     root = Path(root)
     files = word_clips(root)
+    split_of = _read_split_lists(Path(lists_dir or root), root, {p for paths in files.values() for p in paths})
+    files = keep_root_train(files, split_of, root_train_clips, seed)
+    for word, paths in extra_clips(list(extra_roots)).items():
+        files[word] = files.get(word, []) + paths
+    files = dict(sorted(files.items()))
     words = list(files)
     silence = task != "all" if silence is None else silence
     plan = plan_labels(root, task, words, list(keywords), silence)
-    split_of = _read_split_lists(Path(lists_dir or root), root, {p for paths in files.values() for p in paths})
     background = (sorted(p for p in (root / BACKGROUND_DIR).iterdir() if is_clip_name(p.name))
                   if (root / BACKGROUND_DIR).is_dir() else [])
     splits = _splits(root, plan, files, split_of, background, unknown_ratio, silence_ratio, seed)
@@ -471,6 +479,9 @@ def scan_dataset(root: Path, task: str = "all", unknown_ratio: float = 1.0, sile
         splits["test"] = official_test_clips(Path(test_root), plan, root)
     _check_classes(root, plan, splits, files)
     options = _options(task, plan, silence, unknown_ratio, silence_ratio, seed, test_root)
+    if extra_roots or root_train_clips is not None:  # absent otherwise: earlier caches stay valid
+        options.update(extra_roots=[str(Path(r).expanduser().absolute()) for r in extra_roots],
+                       root_train_clips=root_train_clips)
     log.info("%s (%s): %d labels; %s", root, task, len(plan.labels),
              ", ".join(f"{s} {len(c)} clips" for s, c in splits.items()))
     return DatasetIndex(root=root, labels=plan.labels, splits=splits, background=background, task=task,
