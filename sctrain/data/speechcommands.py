@@ -477,7 +477,13 @@ def scan_dataset(root: Path, task: str = "all", unknown_ratio: float = 1.0, sile
     splits = _splits(root, plan, files, split_of, background, unknown_ratio, silence_ratio, seed)
     if test_root is not None:
         splits["test"] = official_test_clips(Path(test_root), plan, root)
-    _check_classes(root, plan, splits, files)
+    try:
+        _check_classes(root, plan, splits, files)
+    except DatasetError as e:
+        if root_train_clips is None:
+            raise
+        raise DatasetError(f"{e} (data.root_train_clips={root_train_clips} of root's; data.extra_roots may hold "
+                           f"more)") from None
     options = _options(task, plan, silence, unknown_ratio, silence_ratio, seed, test_root)
     if extra_roots or root_train_clips is not None:  # absent otherwise: earlier caches stay valid
         options.update(extra_roots=[str(Path(r).expanduser().absolute()) for r in extra_roots],

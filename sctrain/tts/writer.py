@@ -30,7 +30,7 @@ from sctrain.data.synthetic import write_wav
 from sctrain.tts.clips import to_clip
 from sctrain.tts.engines import Engine, load_engines
 from sctrain.tts.negatives import Negative, adversarial_negatives
-from sctrain.utils import atomic_write_text
+from sctrain.utils import atomic_write_text, first_line
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,13 @@ def _make(out: str, table: list[dict], jobs: list[ClipJob]) -> list[tuple[Option
         rng = np.random.default_rng(list(job.seed) + [7])
         text = job.text + PUNCTUATION[int(rng.integers(len(PUNCTUATION)))]
         start = time.perf_counter()
-        audio, rate = _engines[speaker["engine"]].say(text, speaker["settings"])
+        try:
+            audio, rate = _engines[speaker["engine"]].say(text, speaker["settings"])
+        except DatasetError:
+            raise
+        except Exception as e:  # noqa: BLE001 - an engine's own failure, named in one line; what is written stays
+            raise DatasetError(f"{speaker['engine']} failed on {text!r} with {speaker['settings']}: "
+                               f"{first_line(e)}") from None
         took = time.perf_counter() - start
         if len(audio) == 0 or float(np.max(np.abs(audio))) < 1e-4:
             log.warning("%s gave no sound for %r (%s); clip %s not written", speaker["engine"], text,
