@@ -1,7 +1,7 @@
 """``python -m sctrain [SUBCOMMAND] ...`` and the ``sctrain`` console script.
 
 Without a subcommand (``python -m sctrain --config FILE``, also under ``accelerate launch -m sctrain``) it
-trains; ``sctrain predict|export|report|synth|bench|streameval ...`` run the other entry points, each
+trains; ``sctrain predict|export|report|synth|tts|bench|streameval ...`` run the other entry points, each
 also reachable as ``python -m sctrain.<name>``.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "export": ("sctrain.cli.export", "export a checkpoint to ONNX or TorchScript, checked against PyTorch"),
     "report": ("sctrain.cli.report", "regenerate a run's plots and report.md"),
     "synth": ("sctrain.cli.synth", "write a generated SpeechCommands-layout dataset"),
+    "tts": ("sctrain.cli.tts", "write a keyword dataset from text with offline TTS engines"),
     "bench": ("sctrain.bench.__main__", "benchmarks: pipeline, scaling, latency, models"),
     "streameval": ("sctrain.cli.streameval", "keyword-spotting streams: hits, misses, false alarms per hour, DET"),
 }
