@@ -133,7 +133,9 @@ class _ProgramEngine(Engine):
             wav.unlink(missing_ok=True)
 
     def __del__(self) -> None:
-        shutil.rmtree(getattr(self, "tmp", ""), ignore_errors=True) if getattr(self, "tmp", None) else None
+        tmp = getattr(self, "tmp", None)  # absent when __init__ stopped at a missing program
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 class EspeakEngine(_ProgramEngine):
@@ -207,14 +209,3 @@ def load_engines(names: list[str]) -> dict[str, Engine]:
         raise DatasetError(f"unknown TTS engine {unknown[0]!r}: use {', '.join(ENGINES)}")
     return {n: ENGINES[n]() for n in names}
 
-
-def available_engines() -> list[str]:
-    """The engines installed here (each tried once)."""
-    found = []
-    for name, cls in ENGINES.items():
-        try:
-            cls()
-        except EngineMissing:
-            continue
-        found.append(name)
-    return found

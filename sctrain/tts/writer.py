@@ -253,7 +253,7 @@ def _finish(out: Path, clips: list[ClipJob], done: dict[str, dict], settings: di
             negatives: list[Negative]) -> None:
     """The manifest in plan order (one line per clip on disk), the split lists and a README."""
     planned = {c.rel for c in clips}
-    for stray in (p for p in out.glob("*/.*.tmp")):  # a clip whose writer was killed before its rename
+    for stray in out.glob("*/.*.tmp"):  # a clip whose writer was killed before its rename
         stray.unlink(missing_ok=True)
     atomic_write_text(out / MANIFEST, "".join(json.dumps(done[c.rel]) + "\n" for c in clips if c.rel in done))
     unplanned = [p for p in done if p not in planned]
