@@ -72,6 +72,13 @@ class DataConfig:
                                     "(1.0 = TF's 10 % with ten keywords); 0 keeps all")
     silence_ratio: float = doc(1.0, "_silence_ clips cut per split, as a multiple of the mean keyword class size "
                                     "(1.0 = TF's 10 % with ten keywords)")
+    negatives: list = doc([], "folders or files of audio without the keywords (any length, rate, WAV/FLAC/OGG): "
+                              "each file goes to one split by the hash split of its name, and its 1 s windows are "
+                              "_unknown_ clips there (training learns from them, the validation and test streams "
+                              "play them); in a word layout the folders named like a keyword and "
+                              "_background_noise_ are left out")
+    train_negatives: list = doc([], "like negatives, but every window goes to the training split (audio cut "
+                                    "from the training side already, such as mined false alarms)")
     test_set: str = doc("lists", "test split: 'lists' (testing_list.txt) or 'official' (the released 12-class test "
                                  "set, downloaded once; keyword tasks over the 10 Warden words)")
     cache_dir: Optional[str] = doc(None, "where packed arrays are cached (e.g. a node-local SSD); null = "
@@ -94,6 +101,10 @@ class DataConfig:
         self._check_keywords()
         _require(not (self.task == "kws12" and self.silence is False), "data.silence",
                  "kws12's 12 labels include _silence_; for 11 use data.task=keywords")
+        for key in ("negatives", "train_negatives"):
+            value = getattr(self, key)
+            _require(isinstance(value, list) and all(isinstance(p, str) and p for p in value),
+                     f"data.{key}", f"must be a list of folders or files, got {value!r}")
         _require(self.unknown_ratio >= 0, "data.unknown_ratio", "must be >= 0 (0 keeps every non-keyword clip)")
         _require(self.silence_ratio > 0, "data.silence_ratio", "must be > 0 (data.silence=false drops the class)")
         _require(self.test_set in TEST_SETS, "data.test_set", f"must be lists or official, got {self.test_set!r}")
@@ -158,6 +169,14 @@ class AugmentConfig:
     snr_db_min: float = doc(5.0, "lowest signal-to-noise ratio of added noise, dB")
     snr_db_max: float = doc(30.0, "highest signal-to-noise ratio of added noise, dB")
     gain_db: float = doc(6.0, "random gain of +-gain_db applied to every training clip (0 = off)")
+    reverb_p: float = doc(0.0, "probability that a clip is reverberated with a room impulse response "
+                               "(before noise is added; 0 = off)")
+    rir_dir: Optional[str] = doc(None, "folder of room impulse response recordings (WAV/FLAC); "
+                                       "unset: responses generated from a room model")
+    rir_count: int = doc(200, "how many impulse responses are generated when rir_dir is unset")
+    rt60_min: float = doc(0.2, "shortest reverberation time (RT60, seconds) of the generated rooms")
+    rt60_max: float = doc(1.0, "longest reverberation time (RT60, seconds) of the generated rooms")
+    rir_seed: int = doc(0, "seed of the generated impulse responses (the same bank on every rank and run)")
     mask_p: float = doc(0.5, "probability of spectrogram masking (SpecAugment) per clip")
     freq_mask: int = doc(8, "widest frequency mask in mel bands")
     time_mask: int = doc(20, "widest time mask in frames")
@@ -166,12 +185,16 @@ class AugmentConfig:
     mixup_alpha: float = doc(0.2, "MixUp Beta(alpha, alpha) parameter")
 
     def __post_init__(self) -> None:
-        for name in ("shift_p", "noise_p", "background_p", "mask_p", "mixup_p"):
+        for name in ("shift_p", "noise_p", "background_p", "reverb_p", "mask_p", "mixup_p"):
             value = getattr(self, name)
             _require(0.0 <= value <= 1.0, f"augment.{name}", f"is a probability, must be in [0, 1], got {value}")
         _require(self.shift_max_ms >= 0, "augment.shift_max_ms", "must be >= 0")
         _require(self.snr_db_min <= self.snr_db_max, "augment.snr_db_min", "must be <= augment.snr_db_max")
         _require(self.gain_db >= 0, "augment.gain_db", "must be >= 0")
+        _require(self.rir_count >= 1, "augment.rir_count", f"must be >= 1, got {self.rir_count}")
+        _require(0 < self.rt60_min <= self.rt60_max, "augment.rt60_min",
+                 f"must be > 0 and <= augment.rt60_max, got {self.rt60_min} and {self.rt60_max}")
+        _require(self.rir_seed >= 0, "augment.rir_seed", f"must be >= 0, got {self.rir_seed}")
         _require(self.freq_mask >= 0 and self.time_mask >= 0, "augment.freq_mask", "mask widths must be >= 0")
         _require(self.num_masks >= 0, "augment.num_masks", "must be >= 0")
         _require(self.mixup_alpha > 0, "augment.mixup_alpha", "must be > 0")
@@ -263,6 +286,8 @@ class TrainConfig:
     log_every: int = doc(20, "steps between training-metric log lines")
     checkpoint_every: int = doc(200, "steps between full training-state saves (0 = only at epoch ends)")
     keep_last: int = doc(2, "training states kept in output_dir/state (older ones are deleted)")
+    init_from: Optional[str] = doc(None, "a best_sc.pt whose weights this run starts from (fine-tuning, e.g. a "
+                                         "mining round: python -m sctrain.mine); the labels and model must match")
     resume: str = doc("auto", "'auto' (resume from output_dir/state when present), 'never' (start over; earlier "
                               "states move to output_dir/state.replaced-*), or a state folder to start from "
                               "(output_dir's own states win once they exist)")
@@ -344,6 +369,13 @@ class KwsConfig:
     miss_slack: float = doc(StreamSettings.miss_slack, "calibration takes the highest threshold that meets the "
                             "false-alarm bound while the validation miss rate stays within this of the best")
     target_fa_per_hour: float = doc(1.0, "false alarms per hour per keyword that calibration aims at")
+    select_by: str = doc("accuracy", "which checkpoint becomes best_sc.pt: 'accuracy' (validation clip accuracy) or "
+                                     "'detection' (most validation-stream keywords found at target_fa_per_hour, "
+                                     "from select_from of the epochs on)")
+    select_from: float = doc(0.5, "select_by=detection: share of the epochs after which checkpoints are chosen by "
+                                  "detection (before: by clip accuracy)")
+    selection_minutes: float = doc(5.0, "select_by=detection: validation keyword stream each checkpoint is scored on")
+    selection_negative_minutes: float = doc(20.0, "select_by=detection: keyword-free validation audio pooled with it")
     # The detector's rules: calibration chooses thresholds under them and best_sc.pt stores them with the
     # thresholds, so the detector and predict --stream apply both together (docs/streaming.md: the DET curves).
     smooth: int = doc(DetectorRules.smooth, "detector: windows (100 ms apart) averaged before thresholding")
@@ -360,6 +392,11 @@ class KwsConfig:
         _require(self.negative_minutes >= 0, "kws.negative_minutes", "must be >= 0")
         _require(self.test_negative_minutes >= 0, "kws.test_negative_minutes", "must be >= 0")
         _require_fraction(self.miss_slack, "kws.miss_slack")
+        _require(self.select_by in ("accuracy", "detection"), "kws.select_by",
+                 f"must be accuracy or detection, got {self.select_by!r}")
+        _require(0.0 <= self.select_from <= 1.0, "kws.select_from", f"must be in [0, 1], got {self.select_from}")
+        _require(self.selection_minutes >= 0.1, "kws.selection_minutes", "must be >= 0.1")
+        _require(self.selection_negative_minutes >= 0, "kws.selection_negative_minutes", "must be >= 0")
         _require(self.smooth >= 1, "kws.smooth", "must be >= 1")
         _require(self.refractory_ms >= 0, "kws.refractory_ms", "must be >= 0")
 

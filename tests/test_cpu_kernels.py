@@ -11,8 +11,10 @@ import torch
 from torchaudio.functional import melscale_fbanks
 
 from sctrain.audio import cpu_kernels
-from sctrain.audio.augment import _RMS_FLOOR, WaveAugment
+from sctrain.audio.assets import AugmentAssets
+from sctrain.audio.augment import WaveAugment
 from sctrain.audio.features import LogMel, power_spectrum
+from sctrain.audio.stages.noise import RMS_FLOOR as _RMS_FLOOR
 from sctrain.config import AugmentConfig, FeatureConfig
 
 SR = 16000
@@ -40,7 +42,7 @@ def speech_like(batch: int, length: int = SR, seed: int = 0) -> torch.Tensor:
 ], ids=["recipe", "long-shifts-white", "background-only", "no-noise"])
 def test_augment_kernel_applies_the_same_draw(int16, cfg):
     torch.manual_seed(0)
-    aug = WaveAugment(cfg, torch.randn(3, SR // 2) * torch.tensor([0.0, 0.1, 1.0])[:, None]).train()
+    aug = WaveAugment(cfg, AugmentAssets(torch.randn(3, SR // 2) * torch.tensor([0.0, 0.1, 1.0])[:, None])).train()
     wave = speech_like(48, 12000)
     audio = (wave * 20000).to(torch.int16) if int16 else wave
     draw = aug.draw(48, 12000, torch.device("cpu"), int16=int16)
@@ -82,7 +84,7 @@ def test_frontend_features_agree_between_implementations(monkeypatch):
     # The whole train-mode front end, same seed: kernels and PyTorch ops give the same features.
     from sctrain.audio.frontend import FrontEnd
 
-    frontend = FrontEnd(FeatureConfig(), AugmentConfig(mask_p=0.0), torch.randn(2, SR) * 0.1).train()
+    frontend = FrontEnd(FeatureConfig(), AugmentConfig(mask_p=0.0), AugmentAssets(torch.randn(2, SR) * 0.1)).train()
     audio = (speech_like(16, seed=1) * 20000).to(torch.int16)
     features = {}
     for setting in ("1", "0"):

@@ -186,6 +186,7 @@ def test_two_processes_match_one_process_with_twice_the_batch(balance, accelerat
 @pytest.mark.parametrize("split", ["validation", "test"])
 def test_distributed_evaluation_equals_one_process(split, accelerate_run):
     """The 2-rank confusion matrices logged by the run equal a one-process evaluation of best_sc.pt."""
+    from sctrain.audio.assets import AugmentAssets
     from sctrain.audio.frontend import FrontEnd
     from sctrain.config import load_config
     from sctrain.data.dataset import eval_loader
@@ -199,7 +200,7 @@ def test_distributed_evaluation_equals_one_process(split, accelerate_run):
     assert len(data.split(split)) % 2 == 1, "the split must not divide evenly between the 2 ranks"
     model = create_model(cfg.model, cfg.features, len(data.labels))
     model.load_state_dict(load_weights(out))
-    frontend = FrontEnd(cfg.features, cfg.augment, torch.from_numpy(np.asarray(data.background)))
+    frontend = FrontEnd(cfg.features, cfg.augment, AugmentAssets.for_config(cfg.augment, noise=data.background))
     single = evaluate(model, frontend, eval_loader(data.split(split), 64, 1, 0), data.labels, torch.device("cpu"))
 
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

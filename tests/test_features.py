@@ -8,10 +8,13 @@ import torch
 from torchaudio.functional import melscale_fbanks
 from torchaudio.transforms import MelSpectrogram
 
-from sctrain.audio.augment import WaveAugment, add_noise, mixup, one_hot_targets, time_shift
+from sctrain.audio.assets import AugmentAssets
+from sctrain.audio.augment import WaveAugment, mixup, one_hot_targets
 from sctrain.audio.constants import frames_per_clip
 from sctrain.audio.features import LOG_OFFSET, LogMel, SpecMask, mel_blocks
 from sctrain.audio.frontend import FrontEnd
+from sctrain.audio.stages.noise import add_noise
+from sctrain.audio.stages.shift import time_shift
 from sctrain.config import AugmentConfig, FeatureConfig
 
 SR = 16000
@@ -169,7 +172,7 @@ def test_specmask_several_masks_within_bounds():
 # ---------------------------------------------------------------------------------------- WaveAugment
 
 def test_wave_augment_identity_in_eval():
-    aug = WaveAugment(AugmentConfig(shift_p=1, noise_p=1), torch.randn(2, SR)).eval()
+    aug = WaveAugment(AugmentConfig(shift_p=1, noise_p=1), AugmentAssets(torch.randn(2, SR))).eval()
     wave = tone(3)
     assert torch.equal(aug(wave), wave)
 
@@ -189,7 +192,7 @@ def test_wave_augment_shift_moves_click_within_range():
     torch.manual_seed(0)
     max_ms, length, at = 5.0, 2000, 1000
     max_samples = int(max_ms * SR / 1000)
-    aug = WaveAugment(augment_cfg(shift_p=1.0, shift_max_ms=max_ms), torch.zeros(0, SR)).train()
+    aug = WaveAugment(augment_cfg(shift_p=1.0, shift_max_ms=max_ms), AugmentAssets(torch.zeros(0, SR))).train()
     wave = torch.zeros(64, length)
     wave[:, at] = 1.0
     out = aug(wave)
@@ -204,7 +207,7 @@ def test_wave_augment_shift_moves_click_within_range():
 
 def test_wave_augment_shift_probability():
     torch.manual_seed(0)
-    aug = WaveAugment(augment_cfg(shift_p=0.3, shift_max_ms=50), torch.zeros(0, SR)).train()
+    aug = WaveAugment(augment_cfg(shift_p=0.3, shift_max_ms=50), AugmentAssets(torch.zeros(0, SR))).train()
     wave = torch.zeros(2000, 4000)
     wave[:, 2000] = 1.0
     moved = (aug(wave)[:, 2000] != 1.0).float().mean().item()
@@ -217,7 +220,7 @@ def test_wave_augment_noise_snr(snr_db, background_p):
     torch.manual_seed(0)
     background = torch.randn(3, SR) * torch.tensor([0.01, 0.3, 1.0])[:, None]
     cfg = augment_cfg(noise_p=1.0, snr_db_min=snr_db, snr_db_max=snr_db, background_p=background_p)
-    aug = WaveAugment(cfg, background).train()
+    aug = WaveAugment(cfg, AugmentAssets(background)).train()
     wave = tone(8) * torch.linspace(0.05, 1.0, 8)[:, None]
     noise = aug(wave) - wave
     measured = 10 * torch.log10(wave.square().mean(1) / noise.square().mean(1))
@@ -243,10 +246,10 @@ def test_wave_augment_uses_background():
     background = torch.randn(2, SR)
     wave = tone(6, 3000)
     cfg = augment_cfg(noise_p=1.0, snr_db_min=10, snr_db_max=10, background_p=1.0)
-    noise = WaveAugment(cfg, background).train()(wave) - wave
+    noise = WaveAugment(cfg, AugmentAssets(background)).train()(wave) - wave
     assert (best_window_correlation(noise, background) > 0.999).all()
     cfg = augment_cfg(noise_p=1.0, snr_db_min=10, snr_db_max=10, background_p=0.0)
-    white = WaveAugment(cfg, background).train()(wave) - wave
+    white = WaveAugment(cfg, AugmentAssets(background)).train()(wave) - wave
     assert (best_window_correlation(white, background) < 0.2).all()
 
 
@@ -254,7 +257,7 @@ def test_wave_augment_background_wraps_around():
     # Clips longer than the recording still get noise throughout (circular window).
     torch.manual_seed(0)
     cfg = augment_cfg(noise_p=1.0, snr_db_min=0, snr_db_max=0, background_p=1.0)
-    aug = WaveAugment(cfg, torch.ones(1, 100)).train()
+    aug = WaveAugment(cfg, AugmentAssets(torch.ones(1, 100))).train()
     wave = tone(2, 1000)
     noise = aug(wave) - wave
     assert torch.allclose(noise, noise[:, :1].expand_as(noise), atol=1e-6)
@@ -264,7 +267,7 @@ def test_wave_augment_background_wraps_around():
 def test_wave_augment_no_background_and_silent_clips():
     torch.manual_seed(0)
     cfg = augment_cfg(noise_p=1.0, background_p=1.0, shift_p=1.0, gain_db=6.0)
-    aug = WaveAugment(cfg, torch.zeros(0, SR)).train()
+    aug = WaveAugment(cfg, AugmentAssets(torch.zeros(0, SR))).train()
     wave = tone(4)
     wave[0] = 0.0  # a silent clip must not produce NaN
     out = aug(wave)
@@ -276,7 +279,7 @@ def test_wave_augment_no_background_and_silent_clips():
 def test_wave_augment_gain_bounds():
     torch.manual_seed(0)
     gain_db = 6.0
-    aug = WaveAugment(augment_cfg(gain_db=gain_db), torch.zeros(0, SR)).train()
+    aug = WaveAugment(augment_cfg(gain_db=gain_db), AugmentAssets(torch.zeros(0, SR))).train()
     wave = tone(500, 200) + 0.1
     ratio = aug(wave) / wave
     per_clip = ratio[:, 0]
@@ -289,7 +292,7 @@ def test_wave_augment_gain_bounds():
 def test_wave_augment_int16_input_equals_scaled_float():
     # int16 clips are converted in the gain's pass: the same draws give the float path's result.
     cfg = augment_cfg(noise_p=0.7, shift_p=0.8, gain_db=6.0, background_p=0.5)
-    aug = WaveAugment(cfg, torch.randn(2, 3 * SR)).train()
+    aug = WaveAugment(cfg, AugmentAssets(torch.randn(2, 3 * SR))).train()
     audio = (tone(6) * 20000).to(torch.int16)
     torch.manual_seed(3)
     from_int = aug(audio)
@@ -301,11 +304,11 @@ def test_wave_augment_int16_input_equals_scaled_float():
 def test_noise_rms_from_the_energy_table_is_exact():
     # The running sum of squares gives each window's RMS without a pass over it, wrapped windows included.
     torch.manual_seed(0)
-    aug = WaveAugment(augment_cfg(noise_p=1.0, background_p=0.5), torch.randn(3, SR // 2) * 0.3).train()
-    draw = aug.draw(64, SR, torch.device("cpu")).noise
-    bank, _ = aug._bank(SR)
+    aug = WaveAugment(augment_cfg(noise_p=1.0, background_p=0.5), AugmentAssets(torch.randn(3, SR // 2) * 0.3)).train()
+    draw = aug.draw(64, SR, torch.device("cpu"))["noise"]
+    bank, _ = aug.stage("noise").bank(SR)
     noise = bank.unfold(1, SR, 1)[draw.row, draw.offset]
-    assert torch.allclose(aug._window_rms(draw, SR), noise.square().mean(dim=1).sqrt(), rtol=1e-4)
+    assert torch.allclose(aug.stage("noise").window_rms(draw, SR), noise.square().mean(dim=1).sqrt(), rtol=1e-4)
 
 
 def test_add_noise_guards_silence():
@@ -314,9 +317,9 @@ def test_add_noise_guards_silence():
 
 
 def test_background_buffer_not_in_state_dict():
-    aug = WaveAugment(AugmentConfig(), torch.randn(2, SR))
-    assert "background" not in aug.state_dict()
-    assert "background" in dict(aug.named_buffers())
+    aug = WaveAugment(AugmentConfig(), AugmentAssets(torch.randn(2, SR)))
+    assert not any(name.endswith(("noise", "rirs", "white")) for name in aug.state_dict())
+    assert "assets.noise" in dict(aug.named_buffers())
 
 
 # ------------------------------------------------------------------------------------------------ MixUp
@@ -370,7 +373,7 @@ def test_mixup_rejects_int_and_accepts_soft_targets():
 # --------------------------------------------------------------------------------------------- FrontEnd
 
 def test_frontend_int16_matches_float_in_eval():
-    fe = FrontEnd(FeatureConfig(), AugmentConfig(), torch.randn(2, SR)).eval()
+    fe = FrontEnd(FeatureConfig(), AugmentConfig(), AugmentAssets(torch.randn(2, SR))).eval()
     audio = (tone(3) * 20000).round().to(torch.int16)
     out = fe(audio)
     assert out.dtype == torch.float32 and out.shape == (3, 1, 64, 101)
@@ -379,7 +382,7 @@ def test_frontend_int16_matches_float_in_eval():
 
 
 def test_frontend_train_augments_and_is_seeded():
-    fe = FrontEnd(FeatureConfig(), AugmentConfig(shift_p=1, noise_p=1, mask_p=1), torch.randn(2, SR))
+    fe = FrontEnd(FeatureConfig(), AugmentConfig(shift_p=1, noise_p=1, mask_p=1), AugmentAssets(torch.randn(2, SR)))
     audio = (tone(4) * 20000).round().to(torch.int16)
     clean = fe.eval()(audio)
     fe.train()

@@ -375,3 +375,25 @@ def test_exports_carry_the_thresholds(calibrated_run, tmp_path):
     for module in ("onnx", "onnxscript", "onnxruntime"):
         pytest.importorskip(module)
     assert OnnxModel(export_onnx(model, tmp_path / "m.onnx")).thresholds == model.thresholds  # ~8 s
+
+
+def test_checkpoints_chosen_by_detection(synthetic_root, tmp_path):
+    # kws.select_by=detection: best_sc.pt is the epoch that found the most validation-stream keywords.
+    cfg = load_config(REPO / "configs/debug.yaml", [
+        f"data.root={synthetic_root}", f"data.cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'run'}",
+        "data.task=keywords", "data.keywords=yes,no,up", "data.num_workers=0", "model.kwsnet.width=8",
+        "train.epochs=3", "train.batch_size=32", "train.checkpoint_every=0", "latency.enabled=false",
+        "tracking.report=false", "tracking.log_examples=0", "tracking.mode=disabled", "kws.calibrate=false",
+        "kws.test_minutes=0", "kws.select_by=detection", "kws.select_from=0.34", "kws.selection_minutes=0.5",
+        "kws.selection_negative_minutes=0.5"])
+    train_on_one_thread(cfg)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    scored = {r["epoch"]: r for r in records if r["kind"] == "selection"}
+    assert sorted(scored) == [1, 2]  # from a third of the epochs on
+    assert all(r["hours"] == pytest.approx(1 / 60, abs=1e-4) and 0 <= r["keywords_found"] <= 1 for r in scored.values())
+    val_acc = {r["epoch"]: r["acc"] for r in records if r["kind"] == "eval" and r["split"] == "validation"}
+    best = max(scored, key=lambda e: (scored[e]["keywords_found"], val_acc[e]))
+    metrics = load_best(tmp_path / "run" / "best_sc.pt")["metrics"]
+    assert metrics["epoch"] == best and metrics["val_keywords_found"] == scored[best]["keywords_found"]
+    with pytest.raises(ConfigError, match="kws.select_by"):
+        load_config(REPO / "configs/debug.yaml", ["kws.select_by=loss"])

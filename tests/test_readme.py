@@ -20,3 +20,16 @@ def test_readme_opens_with_two_commands():
 
 def test_ci_runs_the_readme_test_command():
     assert readme_commands()[1] in (REPO / ".ci/run").read_text()
+
+
+def test_readme_is_short():
+    # A README for users (issue 20): measurements and the module catalogue live in docs/.
+    assert len((REPO / "README.md").read_text().splitlines()) <= 200
+
+
+def test_readme_links_point_at_files():
+    text = (REPO / "README.md").read_text()
+    targets = [t.split("#")[0] for t in re.findall(r"\]\(([^)\s]+)\)", text) if "://" not in t]
+    assert targets, "the README links to its docs"
+    missing = [t for t in targets if not (REPO / t).exists()]
+    assert not missing, f"README.md links to missing files: {missing}"

@@ -10,11 +10,12 @@ FRONT_END_PAGE_FAULTS = """
 import resource, sys, torch
 from sctrain.training.distributed import keep_freed_memory
 from sctrain.config import AugmentConfig, FeatureConfig
+from sctrain.audio.assets import AugmentAssets
 from sctrain.audio.frontend import FrontEnd
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 torch.set_num_threads(1)
-frontend = FrontEnd(FeatureConfig(), AugmentConfig(), torch.randn(2, 32000)).train()
+frontend = FrontEnd(FeatureConfig(), AugmentConfig(), AugmentAssets(torch.randn(2, 32000))).train()
 audio = torch.zeros(64, 16000, dtype=torch.int16)
 for _ in range(10):
     frontend(audio)

@@ -8,7 +8,8 @@ import sys
 
 import numpy as np
 import pytest
-from support import REPO
+import soundfile as sf
+from support import REPO, SHARED
 
 from sctrain.artifacts.best import load_best
 from sctrain.artifacts.detector import DetectorRules
@@ -23,9 +24,9 @@ from sctrain.inference.events import Detection, EventDecoder
 from sctrain.streameval import build_stream, calibrate, det_curve, evaluate, score_events
 from sctrain.streameval.bounds import hours_needed, rate_upper_bound
 from sctrain.streameval.data import noise_recordings, split_clips
+from sctrain.streameval.mixed_stream import Stream, Word
 from sctrain.streameval.posteriors import window_count
 from sctrain.streameval.report import write_report
-from sctrain.streameval.stream import Stream, Word
 
 LABELS = ["yes", "no", "up", "_unknown_", "_silence_"]
 HOP = SAMPLE_RATE // 10
@@ -318,3 +319,17 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, trained_checkpoint):
         assert run.returncode == 2, run.stderr
         lines = run.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], run.stderr
+
+
+def test_cli_plays_negatives_files_after_the_split(trained_checkpoint, tmp_path, capsys):
+    sample = SHARED / "data" / "speech_commands_v001_sample"
+    if not sample.is_dir():
+        pytest.skip("the shared v0.01 sample is absent")
+    assert main([str(trained_checkpoint), "--minutes", "1", "--out", str(tmp_path / "eval"), "--json",
+                 "--negatives", str(sample), *SHORT]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    files = doc["audio"]["negative_files"]
+    assert files and not any(f"/{word}/" in f for f in files for word in ("yes", "no", "up", "down", "stop"))
+    seconds = sum(sf.info(f).duration for f in files)
+    # The mini set's words are all keywords: the only other speech in the run is the files, end to end.
+    assert doc["default"]["hours_by_section"]["unknown"] == pytest.approx(seconds / 3600, abs=2e-6)

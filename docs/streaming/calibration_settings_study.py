@@ -24,7 +24,7 @@ from sctrain.inference.events import EventDecoder
 from sctrain.inference.loading import load_model
 from sctrain.streameval.calibrate import calibrate
 from sctrain.streameval.data import split_stream
-from sctrain.streameval.det import DEFAULT_GRID, sweep_scores
+from sctrain.streameval.sweep import DEFAULT_GRID, sweep_scores
 from sctrain.streameval.posteriors import stream_posteriors
 
 LENGTHS, TEST_SEEDS, FLOORS = (10, 30, 60), (0, 2), (0.0, 0.3, 0.5)

@@ -64,9 +64,9 @@ def evaluate(checkpoint: str, out: Path) -> None:
     from sctrain.inference.streaming import model_rules, model_thresholds
     from sctrain.streameval.calibrate import calibrate
     from sctrain.streameval.data import noise_files, noise_recordings, split_clips, split_stream
-    from sctrain.streameval.det import sweep_scores
+    from sctrain.streameval.sweep import sweep_scores
     from sctrain.streameval.posteriors import stream_posteriors
-    from sctrain.streameval.stream import LAYOUT, build_stream
+    from sctrain.streameval.mixed_stream import LAYOUT, build_stream
 
     torch.set_num_threads(1)
     out.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ from sctrain.inference.events import EventDecoder
 from sctrain.inference.loading import load_model
 from sctrain.streameval.calibrate import calibrate
 from sctrain.streameval.data import split_stream
-from sctrain.streameval.det import det_curve, sweep_scores
+from sctrain.streameval.sweep import det_curve, sweep_scores
 from sctrain.streameval.posteriors import stream_posteriors
 
 GRID = [round(float(x), 3) for x in np.r_[np.arange(0.02, 0.1, 0.02), np.arange(0.1, 0.991, 0.02)]]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from sctrain.audio.assets import AugmentAssets
 from sctrain.audio.augment import WaveAugment
 from sctrain.audio.constants import INT16_SCALE, SAMPLE_RATE
 from sctrain.audio.features import LogMel, SpecMask
@@ -17,14 +18,15 @@ from sctrain.config import AugmentConfig, FeatureConfig
 class FrontEnd(nn.Module):
     """``[B, T]`` int16 or float audio -> ``[B, 1, n_mels, frames]`` float32 features.
 
+    ``assets``: the recordings the augmentation stages draw from (noise, impulse responses).
     Training mode: waveform augmentation, log-mel, spectrogram masking. Eval mode: log-mel only, so
     ``frontend.eval()`` gives exactly the features :class:`sctrain.models.classifier.AudioClassifier` computes.
     """
 
-    def __init__(self, features: FeatureConfig, augment: AugmentConfig, background: Tensor,
+    def __init__(self, features: FeatureConfig, augment: AugmentConfig, assets: AugmentAssets,
                  sample_rate: int = SAMPLE_RATE) -> None:
         super().__init__()
-        self.wave_augment = WaveAugment(augment, background, sample_rate)
+        self.wave_augment = WaveAugment(augment, assets, sample_rate)
         self.logmel = LogMel(features, sample_rate)
         self.spec_mask = SpecMask(augment.mask_p, augment.freq_mask, augment.time_mask, augment.num_masks)
 

@@ -224,16 +224,13 @@ def sync(device: torch.device) -> None:
 def bench_trainer(cfg):
     """A Trainer built in a fresh process state (its own Accelerator, no earlier graphs or device memory),
     closed and its run folder released afterwards."""
-    from sctrain.training import rundir
     from sctrain.training.trainer import Trainer
 
     fresh_process_state()
-    trainer = Trainer(cfg)
     try:
-        yield trainer
+        with Trainer(cfg) as trainer:
+            yield trainer
     finally:
-        trainer.close()
-        rundir.release()
         fresh_process_state()
 
 

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from sctrain.artifacts.best import save_best
+from sctrain.audio.assets import AugmentAssets
 from sctrain.audio.constants import CLIP_SAMPLES
 from sctrain.audio.features import feature_shape
 from sctrain.audio.frontend import FrontEnd
@@ -65,8 +66,8 @@ def step_rates(cfg: Config, steps: int) -> tuple[float, float]:
     and of evaluation (features and forward, no gradients)."""
     torch.manual_seed(0)
     net = create_model(cfg.model, cfg.features, NUM_CLASSES).train()
-    background = torch.randn(4, 4 * CLIP_SAMPLES) * 0.05
-    frontend = FrontEnd(cfg.features, cfg.augment, background).train()
+    assets = AugmentAssets.for_config(cfg.augment, noise=torch.randn(4, 4 * CLIP_SAMPLES) * 0.05)
+    frontend = FrontEnd(cfg.features, cfg.augment, assets).train()
     optimizer = make_optimizer(cfg, net.parameters())
     audio = (torch.randn(TRAIN_BATCH, CLIP_SAMPLES) * 3000).to(torch.int16)
     target = torch.randint(0, NUM_CLASSES, (TRAIN_BATCH,))

@@ -40,6 +40,7 @@ import torch
 import torchaudio
 
 from sctrain.audio import cpu_kernels
+from sctrain.audio.assets import AugmentAssets
 from sctrain.audio.constants import CLIP_SAMPLES, SAMPLE_RATE
 from sctrain.audio.features import LOG_OFFSET, NORM_EPS, feature_shape
 from sctrain.audio.frontend import FrontEnd
@@ -95,7 +96,8 @@ def project_pipeline(cfg_data: DataConfig, features: FeatureConfig, augment: Aug
     sampler = BalancedDistributedSampler(split.labels, len(data.labels), seed=0, balanced=True)
     loader = clip_loader(split, batch, EpochChain(sampler, clips), workers, drop_last=True,
                          pin_memory=device.type == "cuda", generator=torch.Generator())
-    frontend = FrontEnd(features, augment, torch.from_numpy(np.asarray(data.background))).to(device).train()
+    frontend = FrontEnd(features, augment, AugmentAssets.for_config(augment, noise=data.background))
+    frontend = frontend.to(device).train()
 
     def features_of(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         return frontend(batch[0].to(device, non_blocking=True))

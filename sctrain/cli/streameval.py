@@ -33,6 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--validation-minutes", type=float, help="validation keyword stream (default: the checkpoint's)")
     p.add_argument("--validation-negative-minutes", type=float,
                    help="keyword-free validation audio calibration pools with it (default: the checkpoint's, 180)")
+    p.add_argument("--negatives", nargs="+", metavar="PATH",
+                   help="folders or files of audio without the keywords, never trained on, played after --split's "
+                        "streams as other audio (folders named like a keyword are left out)")
     p.add_argument("--noise", help="folder of noise recordings (default: the dataset's _background_noise_)")
     p.add_argument("--target-fa-per-hour", type=float,
                    help="false alarms per hour per keyword that calibration aims at (default: the checkpoint's, 1)")
@@ -43,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="print the JSON document instead of a summary")
     p.add_argument("--threads", type=int, default=1, help="PyTorch intra-op threads (default 1)")
     args = p.parse_args(argv)
-    from sctrain.streameval.stream import LAYOUT  # numpy only: --help and bad arguments stay quick
+    from sctrain.streameval.mixed_stream import LAYOUT  # numpy only: --help and bad arguments stay quick
 
     for flag in ("minutes", "validation_minutes"):
         value = getattr(args, flag)
@@ -132,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from sctrain.artifacts.files import CheckpointError
     from sctrain.audio.io import AudioError
+    from sctrain.data.negatives import NegativesError, negative_files
     from sctrain.data.speechcommands import DatasetError
     from sctrain.inference.loading import load_model
     from sctrain.inference.streaming import model_rules
@@ -146,7 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings_for(args, model)
         data, noise = _dataset(args, model, progress)
         # What StreamingDetector does by default: the checkpoint's thresholds (0.5 without) and rules.
-        pipeline = DetectorPipeline(model, data, settings, model_rules(model), noise, progress)
+        negatives = None
+        if args.negatives:
+            negatives = {args.split: negative_files(args.negatives, model.labels, "--negatives")}
+        pipeline = DetectorPipeline(model, data, settings, model_rules(model), noise, progress, negatives)
         calibration = pipeline.calibrate()
         evaluation = pipeline.evaluate(args.split, calibration)
         info = info_for(str(args.checkpoint), args.split, settings.seed, pipeline, evaluation)
@@ -154,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         paths = write_report(evaluation, out, info)
         if args.store:
             pipeline.store(args.checkpoint, calibration)
-    except (InputError, CheckpointError, DatasetError, AudioError, ValueError, OSError) as e:
+    except (InputError, CheckpointError, DatasetError, NegativesError, AudioError, ValueError, OSError) as e:
         print(f"sctrain: error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_ERROR
     print(paths["json"].read_text() if args.json else _summary(evaluation, info, paths, args.store))

@@ -75,6 +75,7 @@ def scan_config(cfg, root: Path, cache_dir: Optional[Path] = None, progress: boo
         test_root = ensure_test_set(cfg, side_folder(root, cache_dir, "official_test_set"), progress=progress)
     return scan_dataset(root, cfg.task, cfg.unknown_ratio, cfg.silence_ratio, seed=KWS12_SEED,
                         keywords=cfg.keywords, silence=cfg.use_silence, lists_dir=lists_dir, test_root=test_root,
+                        negatives=cfg.negatives, train_negatives=cfg.train_negatives,
                         extra_roots=cfg.extra_roots, root_train_clips=cfg.root_train_clips)
 
 
@@ -97,7 +98,8 @@ def fingerprint(index: DatasetIndex) -> str:
     for split in SPLITS:
         for c in index.splits.get(split, []):
             gain = f"\t{c.gain}" if c.gain != 1.0 else ""  # only _silence_ cuts: other tasks' caches stay valid
-            h.update(f"{split}\t{c.path}\t{c.label}\t{c.offset}{gain}\n".encode())
+            window = "\tw" if c.window else ""  # only negatives: caches without them stay valid
+            h.update(f"{split}\t{c.path}\t{c.label}\t{c.offset}{gain}{window}\n".encode())
             sources.add(c.path)
     sources.update(_relative(p, index.root) for p in index.background)
     for rel in sorted(sources):
@@ -288,7 +290,7 @@ def _decode_splits(index: DatasetIndex, tmp: Path, workers: int, progress: bool)
         npy = tmp / f"audio_{s}.npy"
         np.lib.format.open_memmap(npy, mode="w+", dtype=np.int16, shape=(len(clips), CLIP_SAMPLES)).flush()
         for lo in range(0, len(clips), chunk):
-            items = [(str(index.root / c.path), c.offset, c.gain) for c in clips[lo:lo + chunk]]
+            items = [(str(index.root / c.path), c.offset, c.gain, c.window) for c in clips[lo:lo + chunk]]
             jobs.append((s, str(npy), lo, items))
     bad_rows: list[tuple[str, int, str]] = []
     with tqdm(total=total, unit="clip", desc="packing", disable=not progress) as bar:

@@ -22,7 +22,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -82,8 +82,9 @@ class DatasetError(RuntimeError):
 class Clip:
     path: str  # relative to the dataset root, forward slashes (absolute outside it: official test clips, extra roots)
     label: int
-    offset: int = 0  # first sample; non-zero only for _silence_ cuts of a noise recording
+    offset: int = 0  # first sample; non-zero only for _silence_ cuts and windows of negatives
     gain: float = 1.0  # linear factor applied when decoding; below 1 only for _silence_ cuts
+    window: bool = False  # a 1 s window of a data.negatives file: any rate and channels, offset at 16 kHz
 
 
 @dataclass
@@ -411,13 +412,15 @@ class LabelPlan:
     silence: Optional[int] = None
 
 
-def plan_labels(root: Path, task: str, words: list[str], keywords: list[str] = (), silence: bool = False) -> LabelPlan:
+def plan_labels(root: Path, task: str, words: list[str], keywords: list[str] = (), silence: bool = False,
+                negatives: bool = False) -> LabelPlan:
     """The labels ``task`` gives the word folders ``words`` of ``root``.
 
     ``all``: one label per word folder, sorted. ``keywords``: ``keywords`` in their order (none given: every
     word folder, sorted), then ``_unknown_`` for the other words (absent when there are none). ``kws12``:
     ``keywords`` with the ten Warden keywords, whose 12 labels always include ``_unknown_``. ``silence``
-    appends ``_silence_``. A keyword without a folder is a :class:`DatasetError`.
+    appends ``_silence_``. ``negatives`` (``data.negatives`` given) makes ``_unknown_`` present whatever the
+    word folders are. A keyword without a folder is a :class:`DatasetError`.
     """
     if task not in TASKS:
         raise DatasetError(f"unknown task {task!r} for {root}: use one of {', '.join(TASKS)}")
@@ -432,17 +435,19 @@ def plan_labels(root: Path, task: str, words: list[str], keywords: list[str] = (
     if task == "kws12" and not others:
         raise DatasetError(f"kws12 task: _unknown_ would have no clips: every word folder in {root} is one of the "
                            f"ten keywords; data.task=keywords leaves _unknown_ out")
-    if task == "keywords" and not others:
+    if task == "keywords" and not others and not negatives:
         log.info("%s: every word folder is a keyword, so there is no _unknown_ class", root)
-    labels = targets + ([UNKNOWN] if others else []) + ([SILENCE] if silence else [])
+    unknown = bool(others) or negatives
+    labels = targets + ([UNKNOWN] if unknown else []) + ([SILENCE] if silence else [])
     label_of = {w: labels.index(w) if w in targets else labels.index(UNKNOWN) for w in words}
-    return LabelPlan(labels, targets, label_of, labels.index(UNKNOWN) if others else None,
+    return LabelPlan(labels, targets, label_of, labels.index(UNKNOWN) if unknown else None,
                      labels.index(SILENCE) if silence else None)
 
 
 def scan_dataset(root: Path, task: str = "all", unknown_ratio: float = 1.0, silence_ratio: float = 1.0,
                  seed: int = 0, *, keywords: list[str] = (), silence: Optional[bool] = None,
                  lists_dir: Optional[Path] = None, test_root: Optional[Path] = None,
+                 negatives: Sequence[str | Path] = (), train_negatives: Sequence[str | Path] = (),
                  extra_roots: list = (), root_train_clips: Optional[int] = None) -> DatasetIndex:
     """Index the clips under ``root`` into train/validation/test splits for ``task`` (see :func:`plan_labels`).
 
@@ -457,8 +462,11 @@ def scan_dataset(root: Path, task: str = "all", unknown_ratio: float = 1.0, sile
 
     ``lists_dir``: where ``validation_list.txt`` / ``testing_list.txt`` are (default ``root``).
     ``test_root``: the extracted official test set, which then is the test split (the listed test clips
-    are left out: the same speakers). ``extra_roots`` and ``root_train_clips``: :mod:`sctrain.data.sources`.
-    A label without training clips is a :class:`DatasetError`.
+    are left out: the same speakers). ``negatives``: ``data.negatives`` (:mod:`sctrain.data.negatives`), every
+    1 s window an ``_unknown_`` clip of its file's split, all kept (``unknown_ratio`` is for the word
+    folders); ``train_negatives`` the same, all in the training split. ``extra_roots`` and
+    ``root_train_clips``: :mod:`sctrain.data.sources`. A label without training clips is a
+    :class:`DatasetError`.
     """
     from sctrain.data.sources import extra_clips, keep_root_train
 
@@ -471,10 +479,14 @@ def scan_dataset(root: Path, task: str = "all", unknown_ratio: float = 1.0, sile
     files = dict(sorted(files.items()))
     words = list(files)
     silence = task != "all" if silence is None else silence
-    plan = plan_labels(root, task, words, list(keywords), silence)
+    plan = plan_labels(root, task, words, list(keywords), silence, negatives=bool(negatives or train_negatives))
     background = (sorted(p for p in (root / BACKGROUND_DIR).iterdir() if is_clip_name(p.name))
                   if (root / BACKGROUND_DIR).is_dir() else [])
     splits = _splits(root, plan, files, split_of, background, unknown_ratio, silence_ratio, seed)
+    for entries, split in ((negatives, None), (train_negatives, "train")):
+        if entries:
+            for name, clips in negative_windows(root, entries, plan, split).items():
+                splits[name] += clips
     if test_root is not None:
         splits["test"] = official_test_clips(Path(test_root), plan, root)
     try:
@@ -553,6 +565,27 @@ def _splits(root: Path, plan: LabelPlan, files: dict[str, list[str]], split_of: 
     return splits
 
 
+def negative_windows(root: Path, negatives: Sequence[str | Path], plan: LabelPlan,
+                     split: Optional[str] = None) -> dict[str, list[Clip]]:
+    """Each split's ``_unknown_`` windows of the ``negatives`` files (:mod:`sctrain.data.negatives`), by the
+    hash of each file's name, or all in ``split``."""
+    from sctrain.data.hashsplit import which_set  # it imports this module
+    from sctrain.data.negatives import NegativesError, negative_files, window_offsets
+
+    split_name = {"training": "train", "validation": "validation", "testing": "test"}
+    out: dict[str, list[Clip]] = {s: [] for s in SPLITS}
+    try:
+        files = negative_files(negatives, plan.targets)
+        for path in files:
+            clips = out[split or split_name[which_set(path.name)]]
+            clips += [Clip(_within(path, root), plan.unknown, offset, window=True) for offset in window_offsets(path)]
+    except NegativesError as e:
+        raise DatasetError(str(e)) from None
+    log.info("data.%s: %d files, %s 1 s windows of _unknown_", "train_negatives" if split else "negatives", len(files),
+             " / ".join(f"{s} {len(c)}" for s, c in out.items()))
+    return out
+
+
 def _check_classes(root: Path, plan: LabelPlan, splits: dict[str, list[Clip]], files: dict[str, list[str]]) -> None:
     """One-line :class:`DatasetError` for the first label without training clips: it could not be learnt;
     a warning for labels without validation or test clips: they are never measured."""
@@ -570,7 +603,10 @@ def _check_classes(root: Path, plan: LabelPlan, splits: dict[str, list[Clip]], f
             reason = (f"no background recording of >= 1 s in {root / BACKGROUND_DIR} to cut it from (add some, or "
                       f"set data.silence=false)")
         elif label == plan.unknown:
-            reason = f"the other word folders ({', '.join(w for w in files if w not in plan.targets)}) hold none"
+            others = [w for w in files if w not in plan.targets]
+            reason = (f"the other word folders ({', '.join(others)}) hold none" if others else
+                      "no data.negatives file is in the training split (each file goes to one split by the hash "
+                      "of its name; add more files)")
         elif not files[name]:
             reason = f"{root / name} holds no .wav clips"
         else:
@@ -640,17 +676,20 @@ def _within(path: Path, root: Path) -> str:
 
 # ------------------------------------------------------------------------------------------ decoding
 
-def decode_into(npy_path: str, start: int, items: list[tuple[str, int, float]]) -> list[tuple[int, str]]:
-    """Decode ``(path, offset, gain)`` triples into rows ``start...`` of the int16 .npy at ``npy_path``.
+def decode_into(npy_path: str, start: int, items: list[tuple[str, int, float, bool]]) -> list[tuple[int, str]]:
+    """Decode ``(path, offset, gain, window)`` items into rows ``start...`` of the int16 .npy at ``npy_path``
+    (``window``: a window of a negatives file, :func:`sctrain.data.negatives.read_window`).
 
     Writing into the memory-mapped file (not returning arrays) keeps gigabytes of audio off the pipes
     between processes. Returns ``(row, reason)`` for the clips that could not be decoded (left zero).
     """
     audio = np.load(npy_path, mmap_mode="r+")
     bad = []
-    for i, (path, offset, gain) in enumerate(items):
+    from sctrain.data.negatives import read_window
+
+    for i, (path, offset, gain, window) in enumerate(items):
         try:
-            clip = read_clip(path, offset)
+            clip = read_window(path, offset) if window else read_clip(path, offset)
             audio[start + i] = clip if gain == 1.0 else to_int16(clip / INT16_SCALE * gain)
         except AudioError as e:
             bad.append((start + i, e.reason))

@@ -8,10 +8,10 @@ truth), ``det``, ``calibrate``, ``evaluate`` (all three on cached runs), ``repor
 ``data`` (clips and noise of a packed split) and ``cli`` (``python -m sctrain.streameval``).
 """
 from sctrain.streameval.calibrate import Calibration, calibrate
-from sctrain.streameval.det import DetPoint, det_curve, sweep_scores
 from sctrain.streameval.evaluate import Evaluation, evaluate
+from sctrain.streameval.mixed_stream import Stream, Word, build_stream
 from sctrain.streameval.scoring import Score, score_events
-from sctrain.streameval.stream import Stream, Word, build_stream
+from sctrain.streameval.sweep import DetPoint, det_curve, sweep_scores
 
 __all__ = ["Calibration", "DetPoint", "Evaluation", "Score", "Stream", "Word", "build_stream", "calibrate",
            "det_curve", "evaluate", "score_events", "sweep_scores"]

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from sctrain.artifacts.detector import StreamSettings
 from sctrain.inference.events import EventDecoder
 from sctrain.streameval.bounds import CONFIDENCE, hours_needed, rate_upper_bound
-from sctrain.streameval.det import DEFAULT_GRID, Run, sweep_scores
 from sctrain.streameval.scoring import TOLERANCE_S, Score
+from sctrain.streameval.sweep import DEFAULT_GRID, Run, sweep_scores
 
 TARGET_FA_PER_HOUR = 1.0
 MISS_SLACK = StreamSettings.miss_slack

@@ -12,7 +12,7 @@ from sctrain.artifacts.labels import FILLER_LABELS, UNKNOWN
 from sctrain.audio.io import read_audio
 from sctrain.data.dataset import PackedDataset
 from sctrain.data.speechcommands import NOISE_STRETCH
-from sctrain.streameval.stream import LAYOUT, Stream, build_stream
+from sctrain.streameval.mixed_stream import LAYOUT, Stream, build_stream
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
@@ -77,4 +77,22 @@ def negative_streams(data: PackedDataset, split: str, minutes: float, seed: int,
         streams.append(Stream(wave, [], [("noise", 0.0, len(wave) / 16000)]))
         left -= seconds
         i += 1
+    return streams
+
+
+def file_streams(paths: Sequence[str | Path], chunk_minutes: float = 10.0) -> list[Stream]:
+    """The audio of ``paths`` (any rate and channels; e.g. ``streameval --negatives``), end to end, in streams
+    of at most ``chunk_minutes``: every second an "unknown" stretch (audio that is not a keyword, of whatever
+    kind). The caller vouches that the model never trained on it."""
+    chunk, streams, pending = int(chunk_minutes * 60 * 16000), [], []
+    for path in paths:
+        pending.append(read_audio(path))
+        wave = np.concatenate(pending)
+        while len(wave) >= chunk:
+            streams.append(Stream(wave[:chunk], [], [("unknown", 0.0, chunk / 16000)]))
+            wave = wave[chunk:]
+        pending = [wave]
+    wave = np.concatenate(pending) if pending else np.zeros(0, np.float32)
+    if len(wave) >= 16000:
+        streams.append(Stream(wave, [], [("unknown", 0.0, len(wave) / 16000)]))
     return streams

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from sctrain.inference.events import EventDecoder
 from sctrain.streameval.calibrate import TARGET_FA_PER_HOUR, Calibration, calibrate
-from sctrain.streameval.det import DEFAULT_GRID, DetPoint, Run, det_curve, sweep_scores
 from sctrain.streameval.scoring import TOLERANCE_S, Score
+from sctrain.streameval.sweep import DEFAULT_GRID, DetPoint, Run, det_curve, sweep_scores
 
 
 @dataclass

@@ -23,10 +23,10 @@ from sctrain.inference.events import EventDecoder
 from sctrain.inference.loading import LoadedModel
 from sctrain.inference.streaming import model_thresholds
 from sctrain.streameval.calibrate import Calibration, calibrate
-from sctrain.streameval.data import negative_streams, split_stream
-from sctrain.streameval.det import Run, sweep_scores
+from sctrain.streameval.data import file_streams, negative_streams, split_stream
 from sctrain.streameval.evaluate import Evaluation, evaluate
 from sctrain.streameval.posteriors import stream_posteriors
+from sctrain.streameval.sweep import Run, sweep_scores
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,8 @@ class DetectorPipeline:
     """Streams of ``data`` scored by ``model`` under ``rules``, cached per split."""
 
     def __init__(self, model: LoadedModel, data: PackedDataset, settings: StreamSettings, rules: DetectorRules,
-                 noise: Sequence[str | Path] | None = None, progress: bool = True) -> None:
+                 noise: Sequence[str | Path] | None = None, progress: bool = True,
+                 negatives: dict[str, Sequence[Path]] | None = None) -> None:
         if data.labels != model.labels:
             raise ValueError(f"the dataset at {data.meta['root']} has labels {data.labels}, "
                              f"the checkpoint {model.labels}")
@@ -43,6 +44,8 @@ class DetectorPipeline:
         root = Path(data.meta["root"])
         self.noise = list(noise) if noise is not None else [root / p for p in data.meta["background_files"]]
         self.decoder = EventDecoder(model.labels, model_thresholds(model), **rules.decoder_kwargs())
+        # Files of audio without keywords played after a split's own streams (streameval --negatives).
+        self.negatives = {split: list(paths) for split, paths in (negatives or {}).items()}
         self._runs: dict[str, list[Run]] = {}
 
     def _score(self, stream, desc: str) -> Run:
@@ -58,6 +61,8 @@ class DetectorPipeline:
             runs = [self._score(split_stream(self.data, split, minutes, seed, self.noise), f"scoring {split} windows")]
             for i, stream in enumerate(negative_streams(self.data, split, negative, seed, self.noise)):
                 runs.append(self._score(stream, f"scoring {split} negatives {i + 1}"))
+            for i, stream in enumerate(file_streams(self.negatives.get(split, []))):
+                runs.append(self._score(stream, f"scoring --negatives files {i + 1}"))
             self._runs[split] = runs
         return self._runs[split]
 
@@ -69,6 +74,7 @@ class DetectorPipeline:
                 "noise_recordings": [str(p) for p in self.noise], "noise_stretch": list(NOISE_STRETCH[split]),
                 "generated": ["coloured noise (white, pink, brown)", f"babble of reversed {split} clips",
                               f"{split} _unknown_ words, when the task has them"],
+                "negative_files": [str(p) for p in self.negatives.get(split, [])],
                 "keyword_stream_hours": round(runs[0][1].duration_s / 3600, 4),
                 "negative_hours": round(sum(st.duration_s for _, st in runs[1:]) / 3600, 4),
                 "hours": round(sum(st.duration_s for _, st in runs) / 3600, 4)}

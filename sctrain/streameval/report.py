@@ -5,8 +5,8 @@ import json
 from pathlib import Path
 
 from sctrain.streameval.evaluate import Evaluation
+from sctrain.streameval.mixed_stream import SECTIONS
 from sctrain.streameval.scoring import Score
-from sctrain.streameval.stream import SECTIONS
 from sctrain.utils import atomic_write
 
 FILES = {"json": "streameval.json", "png": "streameval_det.png", "md": "streameval.md"}

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from sctrain.artifacts.labels import FILLER_LABELS
 from sctrain.inference.events import Detection
 from sctrain.streameval.bounds import rate_upper_bound
-from sctrain.streameval.stream import SECTIONS, Stream
+from sctrain.streameval.mixed_stream import SECTIONS, Stream
 
 TOLERANCE_S = 0.75
 

@@ -65,6 +65,7 @@ class NullTracker:
     def rewind(self, step: int) -> None: ...
     def log_train(self, step: int, metrics: dict) -> None: ...
     def log_eval(self, step: int, epoch: int, split: str, result: "Any", examples: Optional[dict] = None) -> None: ...
+    def log_selection(self, step: int, epoch: int, metrics: dict) -> None: ...
     def log_results(self, results: dict, best_path: Optional[Path] = None) -> None: ...
     def finish(self, exit_code: Optional[int] = None) -> None: ...
 
@@ -127,6 +128,12 @@ class Tracker(NullTracker):
                      "confusion": result.confusion.tolist(), "labels": result.labels})
         if self.wandb is not None:
             self.wandb.log_eval(step, epoch, split, result, examples)
+
+    def log_selection(self, step: int, epoch: int, metrics: dict) -> None:
+        """A checkpoint's detection score on the selection streams (kws.select_by=detection)."""
+        self._write({"kind": "selection", "step": step, "epoch": epoch, **metrics})
+        if self.wandb is not None:
+            self.wandb.log_selection(step, epoch, metrics)
 
     def log_results(self, results: dict, best_path: Optional[Path] = None) -> None:
         self._write({"kind": "results", **results})

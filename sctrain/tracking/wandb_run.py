@@ -130,6 +130,9 @@ class WandbRun:
     def log_train(self, step: int, metrics: dict) -> None:
         self._log({f"train/{k}": v for k, v in metrics.items()}, step)
 
+    def log_selection(self, step: int, epoch: int, metrics: dict) -> None:
+        self._log({**{f"selection/{k}": v for k, v in metrics.items()}, "selection/epoch": epoch}, step)
+
     def log_eval(self, step: int, epoch: int, split: str, result: Any, examples: Optional[dict] = None) -> None:
         prefix = {"validation": "val"}.get(split, split)
         data = {f"{prefix}/loss": result.loss, f"{prefix}/acc": result.accuracy, f"{prefix}/count": result.count,

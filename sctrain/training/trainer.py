@@ -16,12 +16,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from sctrain.artifacts.best import save_best
+from sctrain.artifacts.best import load_best, save_best
 from sctrain.audio import cpu_kernels
+from sctrain.audio.assets import AugmentAssets
 from sctrain.audio.augment import mixup
 from sctrain.audio.constants import INT16_SCALE
 from sctrain.audio.frontend import FrontEnd
-from sctrain.config import Config, dump_config
+from sctrain.config import Config, ConfigError, dump_config
 from sctrain.data.dataset import PackedDataset
 from sctrain.data.pack import load_dataset
 from sctrain.data.sampler import BalancedDistributedSampler
@@ -47,6 +48,7 @@ from sctrain.training.distributed import (
 from sctrain.training.evaluate import EvalResult, evaluate
 from sctrain.training.kws import stream_stage
 from sctrain.training.placement import Placement, choose_placement
+from sctrain.training.selection import DetectionSelector
 from sctrain.training.stopping import EXIT_PREEMPTED, GracefulStop
 from sctrain.utils import atomic_write_text, json_text
 
@@ -105,9 +107,30 @@ def class_weights(data: PackedDataset, device: torch.device) -> torch.Tensor:
 
 
 class Trainer:
-    """One training run: the parts, built once, and the methods that use them."""
+    """One training run: the parts, built once, and the methods that use them.
+
+    A context manager: leaving the block closes the parts (progress bar, signal handlers, loader workers,
+    tracker) and releases the run folder's lock; a constructor that fails after taking the lock releases it
+    before raising, so ``with Trainer(cfg) as trainer:`` is the whole lifecycle.
+    """
 
     def __init__(self, cfg: Config) -> None:
+        try:
+            self._build(cfg)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+
+    def __enter__(self) -> "Trainer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.close()
+        finally:
+            rundir.release()
+
+    def _build(self, cfg: Config) -> None:
         self.cfg = cfg
         self.accelerator = acc = make_accelerator(cfg)
         self.device = acc.device
@@ -128,12 +151,14 @@ class Trainer:
         # Same initial weights on every rank (DDP also broadcasts them), then per-rank augmentation streams.
         torch.manual_seed(cfg.train.seed)
         self.model = create_model(cfg.model, cfg.features, len(self.labels))
+        if cfg.train.init_from:
+            self._init_weights(cfg.train.init_from)
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)  # 4-D weights; the rest is unchanged
         if cfg.train.sync_bn and self.world > 1:
             self.model = convert_sync_batchnorm(self.model, self.device)  # CPU (gloo) too, unlike torch's
-        background = torch.from_numpy(np.asarray(self.data.background))
-        self.frontend = FrontEnd(cfg.features, cfg.augment, background).to(self.device)
+        assets = AugmentAssets.for_config(cfg.augment, noise=self.data.background)
+        self.frontend = FrontEnd(cfg.features, cfg.augment, assets).to(self.device)
         self.optimizer = make_optimizer(cfg, self.model.parameters())
         # The scheduler is stepped by us, once per optimizer step: Accelerate's wrapper would step it
         # num_processes times, assuming a loader it sharded itself.
@@ -158,6 +183,8 @@ class Trainer:
         self.batches = self.placement.train_batches(cfg.train.batch_size, self.sampler, self.drop_last,
                                                     cfg.data.num_workers, cfg.data.pin_memory, self.stop, self.world)
 
+        # Every rank scores the same streams the same way: all agree on the best without a broadcast.
+        self.selector = DetectionSelector(cfg, self.data, self.labels) if cfg.kws.select_by == "detection" else None
         self.checkpointer = Checkpointer(self.out, cfg.train.checkpoint_every, cfg.train.keep_last,
                                          self.is_main, self.world, self.rank,
                                          global_batch=cfg.train.batch_size * self.world)
@@ -357,18 +384,31 @@ class Trainer:
             sync_buffers(self.accelerator, self.raw_model)  # all ranks evaluate (rank 0 saves) rank 0's BN stats
             val = self.evaluate("validation")
             self.check_finite()  # before best_sc.pt: NaN logits still score some accuracy
-            improved = val.accuracy > p.best_val_acc
+            metrics = {"val_acc": val.accuracy, "val_loss": val.loss, "epoch": epoch, "step": p.global_step}
+            selection = None
+            if self.selector is not None and self.selector.active(epoch):
+                selection = self.selector.score(self.raw_model, self.frontend.logmel, self.device)
+                metrics.update(val_keywords_found=selection.keywords_found, selection_hours=selection.hours)
+                self.tracker.log_selection(p.global_step, epoch, {
+                    "keywords_found": selection.keywords_found, "fa_per_hour_bound": selection.fa_per_hour_bound,
+                    "hours": selection.hours})
+                # The first detection-scored checkpoint beats every accuracy-chosen one (best_keywords_found -1).
+                improved = (selection.keywords_found, val.accuracy) > (p.best_keywords_found, p.best_val_acc)
+            else:
+                improved = val.accuracy > p.best_val_acc
             if improved:
                 p.best_val_acc, p.best_epoch = val.accuracy, epoch
+                if selection is not None:
+                    p.best_keywords_found = selection.keywords_found
                 if self.is_main:
-                    save_best(self.out / "best_sc.pt", self.raw_model, self.labels, cfg.to_dict(),
-                                         {"val_acc": val.accuracy, "val_loss": val.loss, "epoch": epoch,
-                                          "step": p.global_step})
+                    save_best(self.out / "best_sc.pt", self.raw_model, self.labels, cfg.to_dict(), metrics)
             examples = collect_examples(self.raw_model, self.frontend, self.data.split("validation"), self.labels,
                                         self.tracker.wants_examples, self.device)  # None unless W&B wants them
             self.tracker.log_eval(p.global_step, epoch, "validation", val, examples)
-            log.info("epoch %d/%d: val acc %.4f loss %.4f%s", epoch + 1, cfg.train.epochs, val.accuracy, val.loss,
-                     " (best, saved best_sc.pt)" if improved else "")
+            found = (f", keywords found {100 * selection.keywords_found:.1f} % at <= {selection.fa_per_hour_bound:.1f} "
+                     f"FA/h (95 % bound, {selection.hours:.2f} h of validation streams)" if selection else "")
+            log.info("epoch %d/%d: val acc %.4f loss %.4f%s%s", epoch + 1, cfg.train.epochs, val.accuracy, val.loss,
+                     found, " (best, saved best_sc.pt)" if improved else "")
             # A train.max_steps stop inside the epoch leaves the state there: a longer run resumed from it
             # trains the rest of the epoch instead of skipping it.
             if p.step_in_epoch >= self.steps_per_epoch:
@@ -433,23 +473,36 @@ class Trainer:
                  prediction["prob"], prediction["true"])
         return prediction
 
+    def _init_weights(self, path: str) -> None:
+        """Start from the weights of the ``best_sc.pt`` at ``path`` (train.init_from): same labels, same model."""
+        best = load_best(path)  # CheckpointError (one line) for a missing or foreign file
+        if list(best["labels"]) != self.labels:
+            raise ConfigError(f"config key 'train.init_from': {path} has labels {best['labels']}, this run "
+                              f"{self.labels}")
+        try:
+            self.model.load_state_dict(best["model"])
+        except RuntimeError as e:
+            raise ConfigError(f"config key 'train.init_from': the weights of {path} do not fit this run's "
+                              f"{self.cfg.model.name} ({str(e).strip().splitlines()[-1].strip()})") from None
+        if self.is_main:
+            log.info("weights from %s (epoch %s)", path, best.get("metrics", {}).get("epoch"))
+
     def close(self) -> None:
+        """Close what was built (all of it after a run; the parts made so far after a failed constructor)."""
         if getattr(self, "bar", None) is not None:
             self.bar.close()  # after an error too: its message then starts a line of its own
-        self.stop.uninstall()
-        self.batches.close()  # persistent loader workers end with the run
-        self.tracker.finish()  # no-op after finish(); after preemption or an error, records the exit code
+        if hasattr(self, "stop"):
+            self.stop.uninstall()
+        if hasattr(self, "batches"):
+            self.batches.close()  # persistent loader workers end with the run
+        if hasattr(self, "tracker"):
+            self.tracker.finish()  # no-op after finish(); after preemption or an error, records the exit code
 
 
 def train(cfg: Config) -> dict:
     """Train, then test the best checkpoint; returns the results dict (the same on every rank)."""
     try:
-        trainer = Trainer(cfg)
-        try:
-            info = trainer.fit()
-            return trainer.finish(info)
-        finally:
-            trainer.close()
+        with Trainer(cfg) as trainer:
+            return trainer.finish(trainer.fit())
     finally:
-        rundir.release()  # also when Trainer() failed after taking the lock
         shutdown()  # every rank, on success and on error: no teardown crash after a peer exits

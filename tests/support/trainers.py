@@ -9,15 +9,10 @@ import torch
 @contextlib.contextmanager
 def trainer_for(cfg):
     """The Trainer of ``cfg``; closed, and its run folder's lock released, when the block ends."""
-    from sctrain.training import rundir
     from sctrain.training.trainer import Trainer
 
-    trainer = Trainer(cfg)
-    try:
+    with Trainer(cfg) as trainer:
         yield trainer
-    finally:
-        trainer.close()
-        rundir.release()
 
 
 def train_on_one_thread(cfg) -> dict:

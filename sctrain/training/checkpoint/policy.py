@@ -25,8 +25,9 @@ class Progress:
     epoch: int = 0            # epoch in progress (or next to start)
     step_in_epoch: int = 0    # optimizer steps done in that epoch
     global_step: int = 0      # optimizer steps done in total
-    best_val_acc: float = -1.0
+    best_val_acc: float = -1.0  # of the best checkpoint (the highest, unless chosen by detection)
     best_epoch: int = -1
+    best_keywords_found: float = -1.0  # kws.select_by=detection: of the best checkpoint; -1 before the first
 
 
 def rng_state() -> dict:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from sctrain.inference.events import EventDecoder, Thresholds
+from sctrain.streameval.mixed_stream import Stream
 from sctrain.streameval.scoring import TOLERANCE_S, Score, score_events
-from sctrain.streameval.stream import Stream
 
 # Finer towards 1: a confident model's posteriors bunch up there, and so do its false alarms.
 DEFAULT_GRID = tuple(float(t) for t in np.round(np.r_[np.arange(0.05, 0.951, 0.05), 0.97, 0.98, 0.99, 0.995,
