@@ -1,7 +1,7 @@
 """``python -m sctrain [SUBCOMMAND] ...`` and the ``sctrain`` console script.
 
 Without a subcommand (``python -m sctrain --config FILE``, also under ``accelerate launch -m sctrain``) it
-trains; ``sctrain predict|export|report|synth|bench|streameval ...`` run the other entry points, each
+trains; ``sctrain predict|export|report|synth|tts|bench|tune|streameval|mine ...`` run the other entry points, each
 also reachable as ``python -m sctrain.<name>``.
 """
 from __future__ import annotations
@@ -13,12 +13,14 @@ from typing import Optional
 SUBCOMMANDS = {
     "train": ("sctrain.cli.train", "train a model (the default: python -m sctrain --config FILE)"),
     "predict": ("sctrain.cli.predict", "classify audio files, or spot keywords in them with --stream"),
-    "export": ("sctrain.cli.export", "export a checkpoint to ONNX or TorchScript, checked against PyTorch"),
+    "export": ("sctrain.cli.export", "export a checkpoint to ONNX, TorchScript or LiteRT (float or int8), checked"),
     "report": ("sctrain.cli.report", "regenerate a run's plots and report.md"),
     "synth": ("sctrain.cli.synth", "write a generated SpeechCommands-layout dataset"),
+    "tts": ("sctrain.cli.tts", "write a keyword dataset from text with offline TTS engines"),
     "bench": ("sctrain.bench.__main__", "benchmarks: pipeline, scaling, latency, models"),
     "tune": ("sctrain.cli.tune", "search hyperparameters with Optuna, every trial an sctrain run (docs/tuning.md)"),
     "streameval": ("sctrain.cli.streameval", "keyword-spotting streams: hits, misses, false alarms per hour, DET"),
+    "mine": ("sctrain.cli.mine", "hard-negative mining rounds on a trained detector, each fine-tuning on what fired"),
 }
 
 

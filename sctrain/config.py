@@ -52,6 +52,14 @@ RENAMED = {"data.kws12_unknown_ratio": "data.unknown_ratio", "data.kws12_silence
 class DataConfig:
     root: str = doc("./_sc_data", "folder holding (or receiving) the SpeechCommands layout; packed arrays are cached "
                                   "inside it")
+    extra_roots: list = doc([], "more folders of <word>/*.wav clips (e.g. from python -m sctrain.tts) whose every "
+                                "clip joins the training split under its folder's word; validation, test and noise "
+                                "come from root alone")
+    root_train_clips: Optional[int] = doc(None, "keep at most this many of root's training clips per word folder (a "
+                                                "seeded choice; 0 = none: train on extra_roots alone); null = all")
+    extra_share: Optional[float] = doc(None, "share of each class's training draws that come from extra_roots' clips "
+                                             "when the class has clips of both kinds (train.balance=sampler); null = "
+                                             "in proportion to their numbers")
     version: str = doc("v0.02", "SpeechCommands release to download when root is empty: v0.01 or v0.02")
     download: bool = doc(True, "download and extract the dataset when root holds no SpeechCommands layout")
     task: str = doc("all", "label set: 'all' (one label per word folder), 'keywords' (data.keywords + _unknown_ for "
@@ -103,6 +111,14 @@ class DataConfig:
         _require(self.test_set == "lists" or self.task != "all", "data.test_set",
                  "official needs data.task=kws12 or keywords: its clips are labelled as 10 keywords, _unknown_ "
                  "and _silence_")
+        _require(all(isinstance(r, str) and r.strip() for r in self.extra_roots), "data.extra_roots",
+                 f"must be a list of folder paths, got {self.extra_roots!r}")
+        _require(self.root_train_clips is None or self.root_train_clips >= 0, "data.root_train_clips",
+                 f"must be >= 0 or null, got {self.root_train_clips}")
+        _require(self.extra_share is None or 0 < self.extra_share < 1, "data.extra_share",
+                 f"must be in (0, 1) or null, got {self.extra_share}")
+        _require(self.extra_share is None or bool(self.extra_roots), "data.extra_share",
+                 "needs data.extra_roots (the clips it weighs against root's)")
         _require(self.pack_workers >= 0, "data.pack_workers", "must be >= 0")
         _require(self.num_workers >= 0, "data.num_workers", "must be >= 0")
         _require(self.placement in PLACEMENTS, "data.placement", f"must be auto, loader or device, got "
@@ -433,6 +449,8 @@ class Config(_Sections):
         super().__post_init__()
         # An empty path is the current folder: best_sc.pt and state/ would land wherever the job started.
         _require(bool(str(self.output_dir).strip()), "output_dir", "must name a folder, got an empty value")
+        _require(self.data.extra_share is None or self.train.balance == "sampler", "data.extra_share",
+                 f"takes effect only with train.balance=sampler, not {self.train.balance}")
         self._check_model_builds()
 
     def _check_model_builds(self) -> None:

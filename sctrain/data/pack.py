@@ -76,7 +76,8 @@ def scan_config(cfg, root: Path, cache_dir: Optional[Path] = None, progress: boo
         test_root = ensure_test_set(cfg, side_folder(root, cache_dir, "official_test_set"), progress=progress)
     return scan_dataset(root, cfg.task, cfg.unknown_ratio, cfg.silence_ratio, seed=KWS12_SEED,
                         keywords=cfg.keywords, silence=cfg.use_silence, lists_dir=lists_dir, test_root=test_root,
-                        negatives=cfg.negatives, train_negatives=cfg.train_negatives)
+                        negatives=cfg.negatives, train_negatives=cfg.train_negatives,
+                        extra_roots=cfg.extra_roots, root_train_clips=cfg.root_train_clips)
 
 
 def side_folder(root: Path, cache_dir: Optional[Path], name: str) -> Path:

@@ -8,17 +8,30 @@ world sizes and lets a job resume mid-epoch by skipping what each rank has alrea
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch.utils.data
 
 
-def class_balanced_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Per-clip weights that give every present class the same total probability."""
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    per_class = np.divide(1.0, counts, out=np.zeros_like(counts), where=counts > 0)
-    weights = per_class[labels]
+def class_balanced_weights(labels: np.ndarray, num_classes: int, groups: Optional[np.ndarray] = None,
+                           share: Optional[float] = None) -> np.ndarray:
+    """Per-clip weights that give every present class the same total probability.
+
+    With ``groups`` (0 or 1 per clip) and ``share``, group 1 takes ``share`` of each class's probability
+    wherever the class has clips of both groups (``data.extra_share``: synthetic against real clips)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if groups is None or share is None:
+        cells, n_cells = labels, num_classes
+        target = np.ones(num_classes)
+    else:
+        cells, n_cells = labels * 2 + np.asarray(groups, dtype=np.int64), 2 * num_classes
+        present = np.bincount(cells, minlength=n_cells).reshape(num_classes, 2) > 0
+        both = present.all(axis=1)
+        target = np.where(both[:, None], [1.0 - share, share], present.astype(np.float64)).reshape(-1)
+    counts = np.bincount(cells, minlength=n_cells).astype(np.float64)
+    per_cell = np.divide(target, counts, out=np.zeros_like(counts), where=counts > 0)
+    weights = per_cell[cells]
     return weights / weights.sum()
 
 
@@ -32,7 +45,8 @@ class BalancedDistributedSampler(torch.utils.data.Sampler[int]):
     """
 
     def __init__(self, labels: Sequence[int] | np.ndarray, num_classes: int, num_replicas: int = 1,
-                 rank: int = 0, seed: int = 0, balanced: bool = True) -> None:
+                 rank: int = 0, seed: int = 0, balanced: bool = True, groups: Optional[np.ndarray] = None,
+                 group_share: Optional[float] = None) -> None:
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is outside [0, {num_replicas})")
         self.labels = np.asarray(labels, dtype=np.int64)
@@ -45,7 +59,8 @@ class BalancedDistributedSampler(torch.utils.data.Sampler[int]):
         self.balanced = balanced
         self.epoch = 0
         self.start = 0  # positions of this rank's shard already consumed (for mid-epoch resume)
-        self._cdf = np.cumsum(class_balanced_weights(self.labels, num_classes)) if balanced else None
+        self._cdf = (np.cumsum(class_balanced_weights(self.labels, num_classes, groups, group_share)) if balanced
+                     else None)
 
     @property
     def shard_size(self) -> int:

@@ -80,7 +80,7 @@ class DatasetError(RuntimeError):
 
 @dataclass(frozen=True)
 class Clip:
-    path: str  # relative to the dataset root, forward slashes (absolute for official test clips outside it)
+    path: str  # relative to the dataset root, forward slashes (absolute outside it: official test clips, extra roots)
     label: int
     offset: int = 0  # first sample; non-zero only for _silence_ cuts and windows of negatives
     gain: float = 1.0  # linear factor applied when decoding; below 1 only for _silence_ cuts
@@ -458,7 +458,8 @@ def plan_labels(root: Path, task: str, words: list[str], keywords: list[str] = (
 def scan_dataset(root: Path, task: str = "all", unknown_ratio: float = 1.0, silence_ratio: float = 1.0,
                  seed: int = 0, *, keywords: list[str] = (), silence: Optional[bool] = None,
                  lists_dir: Optional[Path] = None, test_root: Optional[Path] = None,
-                 negatives: Sequence[str | Path] = (), train_negatives: Sequence[str | Path] = ()) -> DatasetIndex:
+                 negatives: Sequence[str | Path] = (), train_negatives: Sequence[str | Path] = (),
+                 extra_roots: list = (), root_train_clips: Optional[int] = None) -> DatasetIndex:
     """Index the clips under ``root`` into train/validation/test splits for ``task`` (see :func:`plan_labels`).
 
     Following Warden 2018 and the TensorFlow ``speech_commands`` reference (``input_data.py``), per split
@@ -474,11 +475,19 @@ def scan_dataset(root: Path, task: str = "all", unknown_ratio: float = 1.0, sile
     ``test_root``: the extracted official test set, which then is the test split (the listed test clips
     are left out: the same speakers). ``negatives``: ``data.negatives`` (:mod:`sctrain.data.negatives`), every
     1 s window an ``_unknown_`` clip of its file's split, all kept (``unknown_ratio`` is for the word
-    folders); ``train_negatives`` the same, all in the training split. A label without training clips is a
+    folders); ``train_negatives`` the same, all in the training split. ``extra_roots`` and
+    ``root_train_clips``: :mod:`sctrain.data.sources`. A label without training clips is a
     :class:`DatasetError`.
     """
+    from sctrain.data.sources import extra_clips, keep_root_train
+
     root = Path(root)
     files = word_clips(root)
+    split_of = _read_split_lists(Path(lists_dir or root), root, {p for paths in files.values() for p in paths})
+    files = keep_root_train(files, split_of, root_train_clips, seed)
+    for word, paths in extra_clips(list(extra_roots)).items():
+        files[word] = files.get(word, []) + paths
+    files = dict(sorted(files.items()))
     words = list(files)
     nested = nested_clips(root, words)
     if nested:
@@ -486,7 +495,6 @@ def scan_dataset(root: Path, task: str = "all", unknown_ratio: float = 1.0, sile
                     "inside <word>/ are read; move them up to use them", len(nested), nested[0])
     silence = task != "all" if silence is None else silence
     plan = plan_labels(root, task, words, list(keywords), silence, negatives=bool(negatives or train_negatives))
-    split_of = _read_split_lists(Path(lists_dir or root), root, {p for paths in files.values() for p in paths})
     background = (sorted(p for p in (root / BACKGROUND_DIR).iterdir() if is_clip_name(p.name))
                   if (root / BACKGROUND_DIR).is_dir() else [])
     splits = _splits(root, plan, files, split_of, background, unknown_ratio, silence_ratio, seed)
@@ -496,8 +504,17 @@ def scan_dataset(root: Path, task: str = "all", unknown_ratio: float = 1.0, sile
                 splits[name] += clips
     if test_root is not None:
         splits["test"] = official_test_clips(Path(test_root), plan, root)
-    _check_classes(root, plan, splits, files)
+    try:
+        _check_classes(root, plan, splits, files)
+    except DatasetError as e:
+        if root_train_clips is None:
+            raise
+        raise DatasetError(f"{e} (data.root_train_clips={root_train_clips} of root's; data.extra_roots may hold "
+                           f"more)") from None
     options = _options(task, plan, silence, unknown_ratio, silence_ratio, seed, test_root)
+    if extra_roots or root_train_clips is not None:  # absent otherwise: earlier caches stay valid
+        options.update(extra_roots=[str(Path(r).expanduser().absolute()) for r in extra_roots],
+                       root_train_clips=root_train_clips)
     log.info("%s (%s): %d labels; %s", root, task, len(plan.labels),
              ", ".join(f"{s} {len(c)} clips" for s, c in splits.items()))
     return DatasetIndex(root=root, labels=plan.labels, splits=splits, background=background, task=task,

@@ -244,7 +244,7 @@ def write_synthetic_dataset(out: Path, words: int = 8, per_word: int = 60, seed:
     return out
 
 
-def _write_wav(path: Path, samples: np.ndarray) -> None:
+def write_wav(path: Path, samples: np.ndarray) -> None:
     # The stdlib writer, not soundfile: libsndfile fsyncs every file on close (~3 ms each).
     with wave.open(str(path), "wb") as f:
         f.setnchannels(1)
@@ -278,7 +278,7 @@ def _write_word(folder: Path, seed: int, words: int, w: int, per_word: int, n_sp
         speaker = people[who[k]]
         n = said[speaker.name] = said.get(speaker.name, -1) + 1
         rel = f"{word}/{speaker.name}_nohash_{n}.wav"
-        _write_wav(folder / rel, _render_clip(np.random.default_rng([seed, 3, w, k]), patterns[w], inventory,
+        write_wav(folder / rel, _render_clip(np.random.default_rng([seed, 3, w, k]), patterns[w], inventory,
                                               speaker, pink))
         written.append(rel)
     return written
@@ -312,7 +312,7 @@ def _write(folder: Path, words: int, per_word: int, seed: int, noise_files: int,
     for i in range(noise_files):
         kind = NOISE_KINDS[i % len(NOISE_KINDS)]
         name = f"{kind}_noise.wav" if i < len(NOISE_KINDS) else f"{kind}_noise_{i // len(NOISE_KINDS)}.wav"
-        _write_wav(folder / BACKGROUND_DIR / name, _noise_recording(np.random.default_rng([seed, 4, i]), kind))
+        write_wav(folder / BACKGROUND_DIR / name, _noise_recording(np.random.default_rng([seed, 4, i]), kind))
     (folder / "README.md").write_text(
         f"# A {README_MARK} (not speech)\n\n"
         f"Written by `python -m sctrain.synth` (words={words}, per_word={per_word}, seed={seed}, "

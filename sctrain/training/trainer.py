@@ -27,6 +27,7 @@ from sctrain.config import Config, ConfigError, dump_config
 from sctrain.data.dataset import PackedDataset
 from sctrain.data.pack import load_dataset
 from sctrain.data.sampler import BalancedDistributedSampler
+from sctrain.data.sources import extra_groups
 from sctrain.inference.latency import latency_report
 from sctrain.inference.loading import load_model
 from sctrain.models.registry import count_parameters, create_model
@@ -183,8 +184,10 @@ class Trainer:
         self.ema = WeightAverage(self.raw_model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
         torch.manual_seed(cfg.train.seed * 1000 + 1 + self.rank)
 
+        groups = extra_groups(train_split.files) if cfg.data.extra_share is not None else None
         self.sampler = BalancedDistributedSampler(train_split.labels, len(self.labels), self.world, self.rank,
-                                                  seed=cfg.train.seed, balanced=cfg.train.balance == "sampler")
+                                                  seed=cfg.train.seed, balanced=cfg.train.balance == "sampler",
+                                                  groups=groups, group_share=cfg.data.extra_share)
         self.drop_last = self.sampler.shard_size >= cfg.train.batch_size
         self.steps_per_epoch = (self.sampler.shard_size // cfg.train.batch_size if self.drop_last else 1)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, self.steps_per_epoch))
