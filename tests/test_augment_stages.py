@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from support import on_both_paths
 
 from sctrain.audio import cpu_kernels
 from sctrain.audio.assets import AugmentAssets
@@ -114,9 +115,5 @@ def test_kernel_takes_the_prefix_before_reverb(monkeypatch):
     aug = WaveAugment(cfg, AugmentAssets.for_config(cfg, noise=torch.randn(2, SR) * 0.1)).train()
     assert aug._kernel_stages == ["gain", "shift"]
     audio = (speech_like(24, seed=4) * 20000).to(torch.int16)
-    out = {}
-    for setting in ("1", "0"):
-        monkeypatch.setenv(cpu_kernels.DISABLE_ENV, setting)
-        torch.manual_seed(11)
-        out[setting] = aug(audio)
+    out = on_both_paths(monkeypatch, lambda: aug(audio), seed=11)
     assert torch.allclose(out["1"], out["0"], rtol=1e-5, atol=1e-5)

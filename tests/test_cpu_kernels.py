@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from support import on_both_paths
 from torchaudio.functional import melscale_fbanks
 
 from sctrain.audio import cpu_kernels
@@ -86,11 +87,7 @@ def test_frontend_features_agree_between_implementations(monkeypatch):
 
     frontend = FrontEnd(FeatureConfig(), AugmentConfig(mask_p=0.0), AugmentAssets(torch.randn(2, SR) * 0.1)).train()
     audio = (speech_like(16, seed=1) * 20000).to(torch.int16)
-    features = {}
-    for setting in ("1", "0"):
-        monkeypatch.setenv(cpu_kernels.DISABLE_ENV, setting)
-        torch.manual_seed(7)
-        features[setting] = frontend(audio)
+    features = on_both_paths(monkeypatch, lambda: frontend(audio), seed=7)
     assert torch.allclose(features["1"], features["0"], atol=2e-4)
 
 
