@@ -483,13 +483,13 @@ def scan_dataset(root: Path, task: str = "all", unknown_ratio: float = 1.0, sile
 
     root = Path(root)
     files = word_clips(root)
+    nested = nested_clips(root, list(files))  # root's own word folders, before the extra roots' words join
     split_of = _read_split_lists(Path(lists_dir or root), root, {p for paths in files.values() for p in paths})
     files = keep_root_train(files, split_of, root_train_clips, seed)
     for word, paths in extra_clips(list(extra_roots)).items():
         files[word] = files.get(word, []) + paths
     files = dict(sorted(files.items()))
     words = list(files)
-    nested = nested_clips(root, words)
     if nested:
         log.warning("%d clips in sub-folders of word folders are ignored (first: %s): only the clips directly "
                     "inside <word>/ are read; move them up to use them", len(nested), nested[0])
