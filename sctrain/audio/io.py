@@ -21,6 +21,10 @@ import soundfile as sf
 from sctrain.audio.constants import CLIP_SAMPLES, INT16_SCALE, SAMPLE_RATE
 from sctrain.utils import first_line
 
+# Files of recordings the project reads beyond dataset clips (noise, impulse responses, negatives): what
+# libsndfile decodes and users have.
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+
 
 class AudioError(ValueError):
     """An audio file that cannot be used (missing, not audio, empty); the message is one line naming it.

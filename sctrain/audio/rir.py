@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 
 from sctrain.audio.constants import SAMPLE_RATE
+from sctrain.audio.io import AUDIO_SUFFIXES
 
-RIR_SUFFIXES = (".wav", ".flac", ".ogg")
 MAX_RIR_S = 1.0  # longer tails are cut: at RT60 = 1 s the tail is 60 dB down by then
 # Ranges of the generated rooms: first reflection 2-20 ms after the direct sound (rooms of a few metres),
 # direct-to-reverberant ratio from -6 dB (far field) to +12 dB (close talk).
@@ -54,9 +54,9 @@ def load_rirs(folder: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"augment.rir_dir: folder not found: {folder}")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in RIR_SUFFIXES)
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
     if not files:
-        raise ValueError(f"augment.rir_dir: no {'/'.join(RIR_SUFFIXES)} recordings in {folder}")
+        raise ValueError(f"augment.rir_dir: no {'/'.join(AUDIO_SUFFIXES)} recordings in {folder}")
     limit = int(MAX_RIR_S * sample_rate)
     rirs = []
     for path in files:

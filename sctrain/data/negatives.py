@@ -24,12 +24,11 @@ import numpy as np
 import soundfile as sf
 
 from sctrain.audio.constants import CLIP_SAMPLES, SAMPLE_RATE
-from sctrain.audio.io import AudioError, decode_error, read_audio, to_int16
+from sctrain.audio.io import AUDIO_SUFFIXES, AudioError, decode_error, read_audio, to_int16
+from sctrain.data.speechcommands import BACKGROUND_DIR
 
 log = logging.getLogger(__name__)
 
-NEGATIVE_SUFFIXES = (".wav", ".flac", ".ogg")
-BACKGROUND_DIR = "_background_noise_"
 # A last window shorter than this is dropped rather than padded: half a second of padding is not audio.
 MIN_TAIL_S = 0.5
 
@@ -52,7 +51,7 @@ def negative_files(entries: Sequence[str | Path], keywords: Sequence[str], what:
             raise NegativesError(f"{what}: no such file or folder: {path}")
         found = 0
         for p in sorted(path.rglob("*")):
-            if not (p.is_file() and p.suffix.lower() in NEGATIVE_SUFFIXES):
+            if not (p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES):
                 continue
             inside = p.relative_to(path).parts[:-1]
             skip = next((d for d in inside if d in keywords or d == BACKGROUND_DIR or d.startswith(".")), None)
@@ -62,7 +61,7 @@ def negative_files(entries: Sequence[str | Path], keywords: Sequence[str], what:
             files.append(p)
             found += 1
         if not found:
-            raise NegativesError(f"{what}: no {'/'.join(NEGATIVE_SUFFIXES)} audio in {path} "
+            raise NegativesError(f"{what}: no {'/'.join(AUDIO_SUFFIXES)} audio in {path} "
                                  f"(besides folders named like a keyword or {BACKGROUND_DIR})")
     if left_out:
         log.info("%s: left out %d folders named like a keyword or %s: %s", what, len(left_out),

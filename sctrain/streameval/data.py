@@ -9,12 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from sctrain.artifacts.labels import FILLER_LABELS, UNKNOWN
-from sctrain.audio.io import read_audio
+from sctrain.audio.io import AUDIO_SUFFIXES, read_audio
 from sctrain.data.dataset import PackedDataset
 from sctrain.data.speechcommands import NOISE_STRETCH
 from sctrain.streameval.mixed_stream import LAYOUT, Stream, build_stream
-
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
 
 def split_clips(data: PackedDataset, split: str) -> tuple[list, list]:
