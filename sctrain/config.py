@@ -177,6 +177,14 @@ class AugmentConfig:
     rt60_min: float = doc(0.2, "shortest reverberation time (RT60, seconds) of the generated rooms")
     rt60_max: float = doc(1.0, "longest reverberation time (RT60, seconds) of the generated rooms")
     rir_seed: int = doc(0, "seed of the generated impulse responses (the same bank on every rank and run)")
+    reversed_unknown_p: float = doc(0.0, "share of _unknown_ clips replaced by time-reversed keyword clips of the "
+                                         "batch (speech without a word in it; 0 = off; sctrain/audio/fillers.py)")
+    spliced_unknown_p: float = doc(0.0, "share of _unknown_ clips replaced by the start of one keyword clip of the "
+                                        "batch joined to the end of another's (near-miss words; 0 = off)")
+    generated_silence_p: float = doc(0.0, "share of _silence_ clips replaced by generated coloured noise, white "
+                                          "to brown (0 = off)")
+    generated_silence_dbfs_min: float = doc(-70.0, "quietest level of the generated _silence_ noise, dBFS (RMS)")
+    generated_silence_dbfs_max: float = doc(-10.0, "loudest level of the generated _silence_ noise, dBFS (RMS)")
     mask_p: float = doc(0.5, "probability of spectrogram masking (SpecAugment) per clip")
     freq_mask: int = doc(8, "widest frequency mask in mel bands")
     time_mask: int = doc(20, "widest time mask in frames")
@@ -185,12 +193,19 @@ class AugmentConfig:
     mixup_alpha: float = doc(0.2, "MixUp Beta(alpha, alpha) parameter")
 
     def __post_init__(self) -> None:
-        for name in ("shift_p", "noise_p", "background_p", "reverb_p", "mask_p", "mixup_p"):
+        for name in ("shift_p", "noise_p", "background_p", "reverb_p", "reversed_unknown_p", "spliced_unknown_p",
+                     "generated_silence_p", "mask_p", "mixup_p"):
             value = getattr(self, name)
             _require(0.0 <= value <= 1.0, f"augment.{name}", f"is a probability, must be in [0, 1], got {value}")
         _require(self.shift_max_ms >= 0, "augment.shift_max_ms", "must be >= 0")
         _require(self.snr_db_min <= self.snr_db_max, "augment.snr_db_min", "must be <= augment.snr_db_max")
         _require(self.gain_db >= 0, "augment.gain_db", "must be >= 0")
+        _require(self.reversed_unknown_p + self.spliced_unknown_p <= 1.0, "augment.spliced_unknown_p",
+                 f"plus augment.reversed_unknown_p is a share of the _unknown_ clips, must be <= 1, got "
+                 f"{self.spliced_unknown_p} + {self.reversed_unknown_p}")
+        _require(self.generated_silence_dbfs_min <= self.generated_silence_dbfs_max <= 0,
+                 "augment.generated_silence_dbfs_min", "must be <= augment.generated_silence_dbfs_max <= 0, got "
+                 f"{self.generated_silence_dbfs_min} and {self.generated_silence_dbfs_max}")
         _require(self.rir_count >= 1, "augment.rir_count", f"must be >= 1, got {self.rir_count}")
         _require(0 < self.rt60_min <= self.rt60_max, "augment.rt60_min",
                  f"must be > 0 and <= augment.rt60_max, got {self.rt60_min} and {self.rt60_max}")

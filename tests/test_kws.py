@@ -301,7 +301,7 @@ def calibrated_run(synthetic_root, tmp_path_factory) -> Path:
         "train.epochs=2", "train.batch_size=32", "train.checkpoint_every=0", "latency.enabled=false",
         "tracking.report=false", "tracking.log_examples=0", "tracking.mode=disabled",
         "kws.calibrate=true", "kws.validation_minutes=0.5", "kws.test_minutes=0.5", "kws.negative_minutes=1",
-        "kws.test_negative_minutes=0.5"])
+        "kws.test_negative_minutes=0.5", "augment.reversed_unknown_p=0.5", "augment.generated_silence_p=0.5"])
     train_on_one_thread(cfg)
     return out / "run"
 

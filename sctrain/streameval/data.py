@@ -60,8 +60,8 @@ def negative_streams(data: PackedDataset, split: str, minutes: float, seed: int,
                      noise: Sequence[str | Path] | None = None, chunk_minutes: float = 10.0) -> list[Stream]:
     """``minutes`` of audio without a keyword, in streams of ``chunk_minutes`` (memory stays flat over hours):
     :func:`sctrain.streameval.generated.negative_audio` from ``split``'s stretch of the noise recordings and its
-    clips. Every second is a "noise" stretch of the stream; ``_unknown_`` clips, when the split has them, are
-    mixed in as babble (their truth is not a keyword either way)."""
+    clips. Recordings and coloured noise are "noise" stretches of the stream, babble and the split's ``_unknown_``
+    clips (when it has them) "unknown" ones: the report's noise alone and non-keyword speech."""
     from sctrain.streameval.generated import negative_audio
 
     keywords, unknown = split_clips(data, split)
@@ -70,9 +70,9 @@ def negative_streams(data: PackedDataset, split: str, minutes: float, seed: int,
     streams, left, i = [], minutes * 60.0, 0
     while left >= 1.0:
         seconds = min(left, chunk_minutes * 60.0)
-        wave = negative_audio(seconds, recordings, [a for a, _ in keywords], [a for a, _ in unknown],
-                              seed=seed * 1000 + i)
-        streams.append(Stream(wave, [], [("noise", 0.0, len(wave) / 16000)]))
+        wave, sections = negative_audio(seconds, recordings, [a for a, _ in keywords], [a for a, _ in unknown],
+                                        seed=seed * 1000 + i)
+        streams.append(Stream(wave, [], sections))
         left -= seconds
         i += 1
     return streams

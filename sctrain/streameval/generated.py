@@ -70,22 +70,35 @@ def _piece(n: int, kind: str, recordings: Sequence[np.ndarray], keywords: Sequen
     return _at_dbfs(babble(n, unknown, False, rng), rng.uniform(*BABBLE_DBFS))  # "unknown": other words
 
 
+# The stream section each kind of piece is scored under: steady sound is "noise", talk without a keyword "unknown"
+# (the report's "non-keyword speech").
+SECTION_OF = {"recording": "noise", "coloured": "noise", "babble": "unknown", "unknown": "unknown"}
+
+
 def negative_audio(seconds: float, recordings: Sequence[np.ndarray], keywords: Sequence[np.ndarray] = (),
-                   unknown: Sequence[np.ndarray] = (), seed: int = 0) -> np.ndarray:
-    """``seconds`` of float32 16 kHz audio without a keyword, from one seeded generator."""
+                   unknown: Sequence[np.ndarray] = (), seed: int = 0) -> tuple[np.ndarray, list]:
+    """``seconds`` of float32 16 kHz audio without a keyword, from one seeded generator, and its sections:
+    ``(name, start_s, end_s)`` runs of "noise" (recordings, coloured noise) and "unknown" (babble, other words)."""
     rng = np.random.default_rng(seed)
     kinds = ["coloured"] + ["recording"] * bool(recordings) + ["babble"] * bool(keywords) + ["unknown"] * bool(unknown)
     n = int(seconds * SAMPLE_RATE)
     out = np.zeros(n, np.float32)
     ramp = int(RAMP_S * SAMPLE_RATE)
+    sections: list = []
     t = 0
     while t < n:
         m = min(n - t, int(rng.uniform(*PIECE_S) * SAMPLE_RATE))
-        piece = _piece(m + ramp, kinds[rng.integers(len(kinds))], recordings, keywords, unknown, rng)
+        kind = kinds[rng.integers(len(kinds))]
+        piece = _piece(m + ramp, kind, recordings, keywords, unknown, rng)
         envelope = np.ones(len(piece), np.float32)
         envelope[:ramp] = np.linspace(0, 1, ramp, endpoint=False)
         envelope[-ramp:] = np.linspace(1, 0, ramp, endpoint=False)
         k = min(len(piece), n - t)
         out[t: t + k] += (piece * envelope)[:k]
+        name, start, end = SECTION_OF[kind], t / SAMPLE_RATE, (t + m) / SAMPLE_RATE
+        if sections and sections[-1][0] == name:
+            sections[-1] = (name, sections[-1][1], end)
+        else:
+            sections.append((name, start, end))
         t += m
-    return np.clip(out, -1.0, 1.0)
+    return np.clip(out, -1.0, 1.0), sections

@@ -75,9 +75,21 @@ class DetectorPipeline:
                 "generated": ["coloured noise (white, pink, brown)", f"babble of reversed {split} clips",
                               f"{split} _unknown_ words, when the task has them"],
                 "negative_files": [str(p) for p in self.negatives.get(split, [])],
+                "same_kind_in_training": self._same_kind(),
                 "keyword_stream_hours": round(runs[0][1].duration_s / 3600, 4),
                 "negative_hours": round(sum(st.duration_s for _, st in runs[1:]) / 3600, 4),
                 "hours": round(sum(st.duration_s for _, st in runs) / 3600, 4)}
+
+    def _same_kind(self) -> list[str]:
+        """Kinds of this audio the model heard in training from other speakers or recordings (not this audio)."""
+        augment = self.model.config.augment
+        kinds = []
+        if augment.reversed_unknown_p > 0:
+            kinds.append("reversed keyword clips of the train split as _unknown_ (augment.reversed_unknown_p): "
+                         "the babble here is reversed speech of other speakers")
+        if augment.generated_silence_p > 0:
+            kinds.append("coloured noise as _silence_ (augment.generated_silence_p), drawn anew here")
+        return kinds
 
     def calibrate(self) -> Calibration:
         calibration = calibrate(self.decoder, self.runs("validation"), self.settings.target_fa_per_hour,

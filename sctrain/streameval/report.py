@@ -68,7 +68,9 @@ def markdown(evaluation: Evaluation, info: dict) -> str:
               + ("The model trained on none of this audio (held-out speakers, the split's own stretch of the noise "
                  "recordings, noise and babble generated from them)."
                  if info.get("audio", {}).get("heard_in_training") is False else
-                 "Which audio the model trained on is not recorded for these streams.")), "",
+                 "Which audio the model trained on is not recorded for these streams.")
+              + "".join(f" Of the same kind in training: {kind}." for kind in info.get("audio", {})
+                        .get("same_kind_in_training", []))), "",
              "Every rate is false alarms per hour with its 95 % upper bound (≤) and the hours behind it.", "",
              "| thresholds | hits | wrong labels | misses | false alarms | FA/h | FA/h "
              + " / ".join(SECTION_NAMES[k] for k in SECTIONS) + " | miss rate |",

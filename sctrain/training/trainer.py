@@ -18,10 +18,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from sctrain.artifacts.best import load_best, save_best
+from sctrain.artifacts.labels import SILENCE, UNKNOWN
 from sctrain.audio import cpu_kernels
 from sctrain.audio.assets import AugmentAssets
 from sctrain.audio.augment import mixup
 from sctrain.audio.constants import INT16_SCALE
+from sctrain.audio.fillers import FillerSynthesis
 from sctrain.audio.frontend import FrontEnd
 from sctrain.config import Config, ConfigError, dump_config
 from sctrain.data.dataset import PackedDataset
@@ -175,6 +177,7 @@ class Trainer:
             self.model = convert_sync_batchnorm(self.model, self.device)  # CPU (gloo) too, unlike torch's
         assets = AugmentAssets.for_config(cfg.augment, noise=self.data.background)
         self.frontend = FrontEnd(cfg.features, cfg.augment, assets).to(self.device)
+        self.fillers = self._fillers(cfg)
         self.optimizer = make_optimizer(cfg, self.model.parameters())
         # The scheduler is stepped by us, once per optimizer step: Accelerate's wrapper would step it
         # num_processes times, assuming a loader it sharded itself.
@@ -308,11 +311,29 @@ class Trainer:
                                extra={"sampler": self.sampler.state_dict(), "tracker_run_id": self.tracker.run_id,
                                       "config": self.cfg.to_dict()})
 
+    def _fillers(self, cfg) -> Optional[FillerSynthesis]:
+        """The filler synthesis the augment config asks for (None when off), warning when the labels lack
+        the class it would make."""
+        if not FillerSynthesis.enabled(cfg.augment):
+            return None
+        fillers = FillerSynthesis(cfg.augment, self.labels).to(self.device)
+        if self.is_main:
+            for key, label, index in (("reversed_unknown_p", UNKNOWN, fillers.unknown),
+                                      ("generated_silence_p", SILENCE, fillers.silence)):
+                if getattr(cfg.augment, key) > 0 and index < 0:
+                    log.warning("augment.%s=%g changes nothing: the labels have no %s class (%s)", key,
+                                getattr(cfg.augment, key), label,
+                                "give data.negatives or non-keyword words" if label == UNKNOWN else
+                                "set data.silence=true")
+        return fillers
+
     # ------------------------------------------------------------------------------------ train
     def train_step(self, audio: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
         audio = audio.to(self.device, non_blocking=True)
         target = target.to(self.device, non_blocking=True)
+        if self.fillers is not None:
+            audio, target = self.fillers(audio, target)
         with self.accelerator.autocast():
             features = self.frontend(audio)
             if cfg.augment.mixup_p > 0:
