@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import logging
 import os
@@ -58,7 +59,7 @@ def fresh_model(family: str, labels: int = 10) -> LoadedModel:
 
 def _per_hop(run: Callable[[np.ndarray], object], chunks: list[np.ndarray], iters: int) -> dict:
     """ms per call over successive chunks (cycled), after 10 warm-up calls."""
-    position = iter(range(10 ** 9))
+    position = itertools.count()
     times = time_calls(lambda: run(chunks[next(position) % len(chunks)]), torch.device("cpu"), iters, warmup=10)
     return summarize(times, 1)
 
