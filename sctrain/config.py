@@ -307,9 +307,16 @@ class TrainConfig:
                               "states move to output_dir/state.replaced-*), or a state folder to start from "
                               "(output_dir's own states win once they exist)")
     max_steps: int = doc(0, "stop after this many steps (0 = no limit; for smoke tests)")
+    qat: bool = doc(False, "quantization-aware training: PyTorch's fake quantization (int8 per-channel weights, "
+                           "uint8 activations) from the first step, for when post-training int8 loses too much; "
+                           "best_sc.pt keeps the float weights, export --int8 quantizes them (docs/deploy.md). "
+                           "To fine-tune a float model, set train.init_from")
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs}")
+        _require(not (self.qat and (self.ema_decay > 0 or self.compile)), "train.qat",
+                 "is not combined with train.ema_decay > 0 (the average's copies would not observe activation "
+                 "ranges) or train.compile (untested)")
         _require(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
         _require(self.eval_batch_size >= 1, "train.eval_batch_size", "must be >= 1")
         _require(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
