@@ -142,6 +142,10 @@ class DataConfig:
         return self.silence if self.silence is not None else self.task != "all"
 
 
+# features.normalise: per clip (the default) or not at all.
+NORMALISATIONS = ("clip", "none")
+
+
 @dataclass
 class FeatureConfig:
     n_mels: int = doc(64, "mel bands of the log-mel spectrogram")
@@ -151,6 +155,12 @@ class FeatureConfig:
     hop_length: int = doc(160, "hop between frames in samples (160 = 10 ms, 101 frames per second)")
     f_min: float = doc(20.0, "lowest mel band edge in Hz")
     f_max: float = doc(8000.0, "highest mel band edge in Hz (at most 8000 for 16 kHz audio)")
+    center: bool = doc(True, "true: frames centred on the clip, reflect-padded by n_fft/2 at its ends (torchaudio's "
+                             "default; 101 frames per 1 s at the defaults); false: only the frames wholly inside the "
+                             "clip (97), which a stateful streaming model computes hop by hop (docs/deploy.md)")
+    normalise: str = doc("clip", "clip: zero mean, unit variance over each clip's whole spectrogram; none: the log-mel "
+                                 "as it is (natural log of the mel power + 1e-6), which a stateful streaming model "
+                                 "needs: per-window statistics change every frame at every hop")
 
     def __post_init__(self) -> None:
         _require(self.n_mels > 0, "features.n_mels", "must be > 0")
@@ -158,6 +168,8 @@ class FeatureConfig:
         _require(self.win_length <= self.n_fft, "features.win_length", f"must be <= features.n_fft ({self.n_fft})")
         _require(0 < self.hop_length <= self.win_length, "features.hop_length", "must be in (0, win_length]")
         _require(0 <= self.f_min < self.f_max <= 8000, "features.f_max", "need 0 <= f_min < f_max <= 8000")
+        _require(self.normalise in NORMALISATIONS, "features.normalise",
+                 f"must be one of {', '.join(NORMALISATIONS)}, got {self.normalise!r}")
 
 
 @dataclass
@@ -310,9 +322,16 @@ class TrainConfig:
                               "states move to output_dir/state.replaced-*), or a state folder to start from "
                               "(output_dir's own states win once they exist)")
     max_steps: int = doc(0, "stop after this many steps (0 = no limit; for smoke tests)")
+    qat: bool = doc(False, "quantization-aware training: PyTorch's fake quantization (int8 per-channel weights, "
+                           "uint8 activations) from the first step, for when post-training int8 loses too much; "
+                           "best_sc.pt keeps the float weights, export --int8 quantizes them (docs/deploy.md). "
+                           "To fine-tune a float model, set train.init_from")
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs}")
+        _require(not (self.qat and (self.ema_decay > 0 or self.compile)), "train.qat",
+                 "is not combined with train.ema_decay > 0 (the average's copies would not observe activation "
+                 "ranges) or train.compile (untested)")
         _require(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
         _require(self.eval_batch_size >= 1, "train.eval_batch_size", "must be >= 1")
         _require(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")

@@ -105,7 +105,7 @@ def test_saved_model_section_layout():
     """config.yaml's model section: the family name, then every family's section with plain values."""
     saved = load_config(REPO / "configs" / "debug.yaml").to_dict()["model"]
     assert list(saved) == ["name", *list_models()]
-    assert saved["kwsnet"] == {"width": 16, "dropout": 0.1}
+    assert saved["kwsnet"] == {"width": 16, "dropout": 0.1, "time_padding": "same"}
     assert yaml.safe_load(yaml.safe_dump(saved)) == saved  # plain YAML: no Python tags
 
 

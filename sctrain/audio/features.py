@@ -12,7 +12,7 @@ from torchaudio.functional import create_dct
 from torchaudio.transforms import MelSpectrogram
 
 from sctrain.audio import cpu_kernels
-from sctrain.audio.constants import SAMPLE_RATE, frames_per_clip
+from sctrain.audio.constants import CLIP_SAMPLES, SAMPLE_RATE, frames_per_clip
 from sctrain.config import FeatureConfig
 
 # Added to the mel power before the log: -60 dB below a full-scale band, so digital silence gives a finite
@@ -24,7 +24,15 @@ NORM_EPS = 1e-5
 
 def feature_shape(cfg: FeatureConfig) -> tuple[int, int]:
     """``(bands, frames)`` of the features :class:`LogMel` computes for one clip: what a network is built for."""
-    return cfg.n_mfcc or cfg.n_mels, frames_per_clip(cfg.hop_length)
+    return cfg.n_mfcc or cfg.n_mels, frame_count(cfg)
+
+
+def frame_count(cfg: FeatureConfig, num_samples: int = CLIP_SAMPLES) -> int:
+    """STFT frames of ``num_samples`` samples: one per hop plus one when centred (``features.center``), else
+    the frames whose ``n_fft`` samples lie wholly inside."""
+    if cfg.center:
+        return frames_per_clip(cfg.hop_length, num_samples)
+    return max(0, (num_samples - cfg.n_fft) // cfg.hop_length + 1)
 
 
 def normalise_per_clip(spec: Tensor) -> Tensor:
@@ -43,7 +51,8 @@ def normalise_per_clip(spec: Tensor) -> Tensor:
 
 
 class LogMel(nn.Module):
-    """Waveform ``[B, T]`` (or one clip ``[T]``) -> per-clip normalised log-mel ``[B, 1, n_mels, frames]``.
+    """Waveform ``[B, T]`` (or one clip ``[T]``) -> per-clip normalised log-mel ``[B, 1, n_mels, frames]``
+    (``features.normalise: none``: not normalised; ``features.center: false``: only the frames inside the clip).
 
     The numbers of torchaudio's ``MelSpectrogram`` (its window and filterbank, kept in ``self.mel``), computed
     faster: the spectrum stays frames-major (the layout ``torch.stft`` computes; torchaudio transposes it
@@ -80,7 +89,9 @@ class LogMel(nn.Module):
         # reshape, not a rank check, folds [T] and [B, T] into [B, T]: no Python branch for export to trace.
         wave = wave.reshape(-1, wave.shape[-1])
         with torch.autocast(device_type=wave.device.type, enabled=False):
-            spec = normalise_per_clip(self.log_mel(wave.float()))  # [B, frames, n_mels]
+            spec = self.log_mel(wave.float(), self.cfg.center)  # [B, frames, n_mels]
+            if self.cfg.normalise == "clip":
+                spec = normalise_per_clip(spec)
         return spec.transpose(-1, -2).unsqueeze(1)
 
     def log_mel(self, wave: Tensor, center: bool = True) -> Tensor:
@@ -190,7 +201,8 @@ def _band_mask(batch: int, count: int, size: int, max_width: int, device: torch.
 
 class SpecMask(nn.Module):
     """SpecAugment on ``[B, C, F, T]`` features: each clip, with probability ``p``, gets ``num_masks``
-    frequency bands and ``num_masks`` time spans set to 0, which after :class:`LogMel` is the clip mean.
+    frequency bands and ``num_masks`` time spans set to 0, which after :class:`LogMel` is the clip mean
+    (with ``features.normalise: none``, a log mel energy of 0, i.e. a mel power of about 1).
 
     Masks are built for the whole batch at once from ``arange`` comparisons; identity in eval mode.
     """

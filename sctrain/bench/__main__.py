@@ -10,6 +10,7 @@ BENCHMARKS = {
     "latency": "inference latency and throughput of a checkpoint: eager, compiled, ONNX Runtime",
     "models": "every model family: params, MACs, CPU latency, training clips/s, accuracy in a time budget",
     "deploy": "every deployable format (ONNX float/int8, TorchScript, LiteRT): size, test accuracy, agreement, latency",
+    "stateful": "CPU time per hop of the stateful streaming model vs recomputing the window, same detections",
     "gpu": "the prepared GPU check: placement x compile x precision clips/s, time to accuracy, DDP launch, GPU tests",
 }
 

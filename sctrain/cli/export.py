@@ -43,6 +43,14 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="int8: smallest share of check clips whose argmax must match PyTorch's (default 0.9)")
     p.add_argument("--max-prob-diff", type=float, default=0.35,
                    help="int8: largest allowed |class probability difference| on a check clip (default 0.35)")
+    p.add_argument("--streaming", action="store_true",
+                   help="onnx: a stateful streaming model (one hop of audio and the state tensors in, logits and the "
+                        "new state out), checked against the windowed model on the check clips joined into one "
+                        "stream; needs a checkpoint trained with features.center: false, features.normalise: none "
+                        "and model.<family>.time_padding: valid (kwsnet, dscnn); see docs/deploy.md")
+    p.add_argument("--hop-ms", type=float,
+                   help="--streaming: audio per call, a multiple of the network's time stride (default: the "
+                        "smallest such multiple of at least 100 ms: 160 ms for kwsnet at a 10 ms feature hop)")
     p.add_argument("--manifest", action="store_true",
                    help="also write FILE.manifest.json: labels, thresholds, detector rules, the front end as numbers "
                         "(window, mel filterbank, DCT), size, SHA-256 and the parity result, for device programs")
@@ -55,6 +63,17 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         p.error("--min-agreement and --max-prob-diff must lie in [0, 1]")
     if args.int8 and args.format not in export.INT8_FORMATS:
         p.error(f"--int8 needs --format {' or '.join(export.INT8_FORMATS)}")
+    if args.streaming and (args.format != "onnx" or args.int8 or args.input == "logmel" or args.manifest):
+        p.error("--streaming needs --format onnx, float, audio input, no --manifest")
+    if args.hop_ms is not None and not args.streaming:
+        p.error("--hop-ms is for --streaming")
+    if args.hop_ms is not None:
+        from sctrain.artifacts.detector import hop_samples
+
+        try:
+            hop_samples(args.hop_ms, "--hop-ms")
+        except ValueError as e:
+            p.error(str(e))
     if args.input is None:
         args.input = "logmel" if args.format == "tflite" else "audio"
     return args
@@ -67,6 +86,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from sctrain.audio.io import AudioError
     from sctrain.data.speechcommands import DatasetError
     from sctrain.inference.loading import load_model
+    from sctrain.inference.stateful import StreamingError
 
     try:
         if args.format == "onnx":
@@ -74,12 +94,18 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.format == "tflite":
             export.require("litert_torch", "ai_edge_litert", hint=export.EDGE_HINT)
         model = load_model(args.checkpoint)
+        if args.streaming:  # before any audio is read: a checkpoint that cannot stream says so first
+            from sctrain.inference.stateful import plan_stream
+
+            plan_stream(model, _hop(args))
         sources = args.check_audio or [model.config.data.root]
         clips = export.find_clips(sources, args.check_clips)
         if not clips:
             why = "; ".join(map(export.why_no_clips, sources))
             raise export.ExportError(f"no audio clips for the parity check ({why}): pass --check-audio FILE_OR_FOLDER")
         audio = export.clip_batch(clips)
+        if args.streaming:
+            return _export_streaming(args, model, audio)
         out = (Path(args.out) if args.out else
                export.default_out(Path(args.checkpoint), args.format, args.input, args.int8))
         tolerance = (export.Tolerance.int8(args.min_agreement, args.max_prob_diff) if args.int8
@@ -96,7 +122,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             from sctrain.inference.manifest import write_manifest
 
             manifest = write_manifest(model, out, export.load_exported(out).meta, result)
-    except (CheckpointError, AudioError, DatasetError, export.ExportError) as e:
+    except (CheckpointError, AudioError, DatasetError, export.ExportError, StreamingError) as e:
         print(f"sctrain: error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {out} ({args.format}{' int8' if args.int8 else ''}, input {args.input}, {len(model.labels)} labels, "
@@ -105,6 +131,28 @@ def main(argv: Optional[list[str]] = None) -> int:
           f"max |prob diff| = {result['max_prob_diff']:.3g}, argmax agrees {result['argmax_agree']}/{result['clips']}")
     if args.manifest:
         print(f"wrote {manifest}")
+    return 0
+
+
+def _hop(args: argparse.Namespace) -> Optional[int]:
+    from sctrain.artifacts.detector import hop_samples
+
+    return None if args.hop_ms is None else hop_samples(args.hop_ms, "--hop-ms")
+
+
+def _export_streaming(args: argparse.Namespace, model, audio) -> int:
+    """``--streaming``: the stateful ONNX file, checked over the check clips as one stream."""
+    from sctrain.inference import stateful_export
+
+    out = Path(args.out) if args.out else stateful_export.default_stream_out(Path(args.checkpoint))
+    result = stateful_export.write_stateful_checked(model, out, audio.reshape(-1), export.Tolerance(atol=args.atol),
+                                                    _hop(args))
+    hop_ms = result["hop_samples"] * 1000 / 16000
+    print(f"wrote {out} (onnx, stateful streaming, {hop_ms:g} ms per call, {len(model.labels)} labels, "
+          f"{out.stat().st_size / 1e6:.2f} MB)")
+    print(f"stream parity over {result['stream_s']:.0f} s of real clips, {result['clips']} windows: max |logit diff| = "
+          f"{result['max_abs_diff']:.3g}, max |prob diff| = {result['max_prob_diff']:.3g}, argmax agrees "
+          f"{result['argmax_agree']}/{result['clips']}")
     return 0
 
 

@@ -44,7 +44,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="PyTorch intra-op threads (default 1)")
     s = p.add_argument_group("streaming (--stream)")
     s.add_argument("--stream", action="store_true", help="slide a 1 s window over each file and report keyword events")
-    s.add_argument("--hop-ms", type=float, default=100.0, help="window hop in ms (default 100)")
+    s.add_argument("--hop-ms", type=float, default=None,
+                   help="window hop in ms (default 100; with --stateful, the file's)")
+    s.add_argument("--stateful", metavar="FILE",
+                   help="a stateful streaming ONNX file of the checkpoint (python -m sctrain.export CKPT --format onnx "
+                        "--streaming): each hop computes only its new frames, with the same events")
     s.add_argument("--threshold", type=float, default=None,
                    help="smoothed keyword posterior that opens an event, for every keyword (default: the "
                         "checkpoint's calibrated per-keyword thresholds, else 0.5)")
@@ -62,8 +66,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         p.error(f"--threads must be >= 1, got {args.threads}")
     from sctrain.artifacts.detector import hop_samples  # no torch: bad arguments stay quick
 
+    if args.stateful and not args.stream:
+        p.error("--stateful needs --stream")
+    if args.hop_ms is None and not args.stateful:
+        args.hop_ms = 100.0
     try:
-        hop_samples(args.hop_ms, "--hop-ms")  # the detector's own rule
+        if args.hop_ms is not None:
+            hop_samples(args.hop_ms, "--hop-ms")  # the detector's own rule
     except ValueError as e:
         p.error(str(e))
     if args.threshold is not None and not 0 < args.threshold <= 1:
@@ -82,7 +91,8 @@ def _stream_file(model, path: str, args: argparse.Namespace) -> dict:
     from sctrain.inference.streaming import StreamingDetector
 
     detector = StreamingDetector(model, hop_ms=args.hop_ms, threshold=args.threshold, smooth=args.smooth,
-                                 refractory_ms=args.refractory_ms, filler_gate=args.filler_gate)
+                                 refractory_ms=args.refractory_ms, filler_gate=args.filler_gate,
+                                 stateful=getattr(args, "runner", None))
     # Read block by block: a recording of hours takes the memory of one block, with the same events.
     events = detector.process_blocks(read_audio_blocks(path))
     result = {"file": path, "duration_s": detector.audio_s, "events": [e.to_dict() for e in events],
@@ -92,6 +102,17 @@ def _stream_file(model, path: str, args: argparse.Namespace) -> dict:
     if not detector.windows:
         result["note"] = f"shorter than one window ({CLIP_SAMPLES / SAMPLE_RATE:g} s): nothing scored"
     return result
+
+
+def _load_stateful(model, args: argparse.Namespace) -> None:
+    """``args.runner``: the ``--stateful`` file in ONNX Runtime, checked against the checkpoint and ``--hop-ms``."""
+    from sctrain.inference.streaming import stateful_runner
+
+    args.runner = stateful_runner(args.stateful, model.labels)
+    hop_ms = args.runner.hop * 1000 / model.features.sample_rate
+    if args.hop_ms is not None and args.hop_ms != hop_ms:
+        raise ValueError(f"--hop-ms {args.hop_ms:g}: {args.stateful} runs every {hop_ms:g} ms (fixed at export)")
+    args.hop_ms = hop_ms
 
 
 def smoothing_note(model, args: argparse.Namespace) -> str | None:
@@ -134,7 +155,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     torch.set_num_threads(args.threads)
     try:
         model = load_model(args.checkpoint)
-    except CheckpointError as e:
+        if args.stateful:
+            _load_stateful(model, args)
+    except (CheckpointError, ValueError, RuntimeError) as e:  # ExportError is a RuntimeError
         print(f"sctrain: error: {e}", file=sys.stderr)
         return EXIT_ERROR
     note = smoothing_note(model, args) if args.stream else None

@@ -28,6 +28,9 @@ int8 per-channel weights, int8 activations calibrated on ``--calibration-clips``
 training split), the front end float32; ``sctrain.quantization`` (JSON) says how. Its parity check is by
 agreement, not bitwise (:class:`Tolerance`): at least ``--min-agreement`` (0.9) of the check clips keep
 PyTorch's argmax and no class probability moves by more than ``--max-prob-diff`` (0.35).
+
+``--streaming`` (ONNX): a stateful streaming model, one hop of audio and the state tensors in, logits and the new
+state out (:mod:`sctrain.inference.stateful_export`), checked against the windowed model over a stream.
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -134,6 +137,20 @@ def _write_onnx_graph(module: torch.nn.Module, example: torch.Tensor, out: Path,
     ``dynamo``: torch's dynamo exporter, which handles the STFT; False: the TorchScript-based exporter, for
     graphs without it (the network alone), 5-25x faster here and enough for what the quantizer reads.
     """
+    with quiet_exporter():
+        if dynamo:
+            torch.onnx.export(module, (example,), str(out), dynamo=True, opset_version=ONNX_OPSET, verbose=False,
+                              input_names=[input_name], output_names=[output_name], external_data=False,
+                              dynamic_shapes={arg: {0: torch.export.Dim("batch")}})
+        else:
+            torch.onnx.export(module, (example,), str(out), dynamo=False, opset_version=ONNX_OPSET,
+                              input_names=[input_name], output_names=[output_name],
+                              dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}})
+
+
+@contextlib.contextmanager
+def quiet_exporter():
+    """The exporters' narration and warnings muted, gradients off."""
     loggers = [logging.getLogger(name) for name in EXPORTER_LOGGERS]
     levels = [lg.level for lg in loggers]
     try:
@@ -141,14 +158,7 @@ def _write_onnx_graph(module: torch.nn.Module, example: torch.Tensor, out: Path,
             lg.setLevel(logging.ERROR)
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            if dynamo:
-                torch.onnx.export(module, (example,), str(out), dynamo=True, opset_version=ONNX_OPSET, verbose=False,
-                                  input_names=[input_name], output_names=[output_name], external_data=False,
-                                  dynamic_shapes={arg: {0: torch.export.Dim("batch")}})
-            else:
-                torch.onnx.export(module, (example,), str(out), dynamo=False, opset_version=ONNX_OPSET,
-                                  input_names=[input_name], output_names=[output_name],
-                                  dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}})
+            yield
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
@@ -326,9 +336,16 @@ class LiteRTModel(ExportedModel):
 
 
 def load_exported(path: str | Path, threads: int = 1) -> ExportedModel:
+    """The exported file at ``path`` in its runtime; a stateful streaming ONNX file (``sctrain.input`` 'stream')
+    as :class:`sctrain.inference.stateful_export.OnnxStateful`."""
     name = str(path)
     if name.endswith(".onnx"):
-        return OnnxModel(path, threads)
+        model = OnnxModel(path, threads)
+        if model.input == "stream":
+            from sctrain.inference.stateful_export import OnnxStateful
+
+            return OnnxStateful(path, threads)
+        return model
     return LiteRTModel(path, threads) if name.endswith(".tflite") else TorchScriptModel(path)
 
 
@@ -423,14 +440,20 @@ def check_parity(model: LoadedModel, exported: ExportedModel, audio: np.ndarray,
     """:func:`parity`, raising :class:`ExportError` unless it meets the tolerance (a :class:`Tolerance`, or
     ``atol``: every argmax agrees and the largest logit difference is at most that); ``shown``: the path to
     name in the message."""
-    shown = shown or exported.path
     tolerance = atol if isinstance(atol, Tolerance) else Tolerance(atol=atol)
-    result = parity(model, exported, audio)
+    return require_met(parity(model, exported, audio), tolerance, shown or exported.path,
+                       exported.labels == model.labels)
+
+
+def require_met(result: dict, tolerance: Tolerance, shown: Path, labels_match: bool, check: str = "parity",
+                unit: str = "clips") -> dict:
+    """``result`` (a :func:`parity`-like dict), or :class:`ExportError` naming ``shown`` unless it meets
+    ``tolerance`` and the file's labels are the checkpoint's."""
     if not tolerance.met(result):
-        raise ExportError(f"parity check failed for {shown}: max |logit diff| {result['max_abs_diff']:.3g}, "
+        raise ExportError(f"{check} check failed for {shown}: max |logit diff| {result['max_abs_diff']:.3g}, "
                           f"max |prob diff| {result['max_prob_diff']:.3g}, argmax agrees on "
-                          f"{result['argmax_agree']}/{result['clips']} clips ({tolerance.describe()})")
-    if exported.labels != model.labels:
+                          f"{result['argmax_agree']}/{result['clips']} {unit} ({tolerance.describe()})")
+    if not labels_match:
         raise ExportError(f"{shown}: stored labels differ from the checkpoint's")
     return result
 
@@ -446,19 +469,29 @@ def write_checked(model: LoadedModel, out: Path, fmt: str, kind: str, audio: np.
         raise ExportError(f"--int8 is for --format {' or '.join(INT8_FORMATS)}, not {fmt}")
     if int8 and not isinstance(atol, Tolerance):
         atol = Tolerance.int8()
-    if out.is_dir():  # the temporary name would lack the suffix that picks the runtime
-        raise ExportError(f"--out {out} is a folder; name the file to write, e.g. {out / ('model' + SUFFIX[fmt])}")
-    tmp = temp_name(out, keep_suffix=True)  # load_exported picks the runtime by the suffix
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.touch()  # a read-only folder fails here, in plain words, not deep inside an exporter
+
+    def write(tmp: Path) -> dict:
         if fmt == "tflite":
             export_tflite(model, tmp, kind, int8, calibration, calibration_clips)
         elif int8:
             export_onnx_int8(model, tmp, kind, calibration, calibration_clips)
         else:
             (export_onnx if fmt == "onnx" else export_torchscript)(model, tmp, kind)
-        result = check_parity(model, load_exported(tmp), audio, atol, shown=out)
+        return check_parity(model, load_exported(tmp), audio, atol, shown=out)
+    return write_then_check(out, SUFFIX[fmt], write)
+
+
+def write_then_check(out: Path, suffix: str, write: Callable[[Path], dict]) -> dict:
+    """``write(tmp)`` writes and checks a file at a temporary name next to ``out`` and returns the check's result;
+    then the file is renamed into place. A file that fails (``write`` raises) is deleted and never replaces an
+    earlier good export; a folder that cannot be written or a full disk is a one-line :class:`ExportError`."""
+    if out.is_dir():  # the temporary name would lack the suffix that picks the runtime
+        raise ExportError(f"--out {out} is a folder; name the file to write, e.g. {out / ('model' + suffix)}")
+    tmp = temp_name(out, keep_suffix=True)  # load_exported picks the runtime by the suffix
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.touch()  # a read-only folder fails here, in plain words, not deep inside an exporter
+        result = write(tmp)
         os.replace(tmp, out)
     except OSError as e:
         raise ExportError(f"cannot write {out} ({e.strerror or first_line(e)}); pick a writable folder with --out") \

@@ -25,7 +25,8 @@ class RealLogMel(torch.nn.Module):
     """:class:`LogMel`'s numbers from real-valued ops only, for converters without complex tensors: the
     reflect-padded clip convolved (stride ``hop_length``) with the Hann-windowed cosine and sine DFT rows,
     cropped to the window's non-zero span; then power, mel filterbank, log, DCT and the same
-    :func:`normalise_per_clip`. Agrees with :class:`LogMel` to float32 rounding (the tests bound it at 1e-3)."""
+    :func:`normalise_per_clip` (each as ``features.center`` and ``features.normalise`` say). Agrees with
+    :class:`LogMel` to float32 rounding (the tests bound it at 1e-3)."""
 
     def __init__(self, logmel) -> None:
         super().__init__()
@@ -40,18 +41,20 @@ class RealLogMel(torch.nn.Module):
         self.register_buffer("basis", basis.float()[:, None, :])
         self.register_buffer("fb", logmel.mel.mel_scale.fb.clone())
         self.register_buffer("dct", None if logmel.dct is None else logmel.dct.clone())
+        self.center, self.normalise = logmel.cfg.center, logmel.cfg.normalise == "clip"
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         from sctrain.audio.features import LOG_OFFSET, normalise_per_clip, reflect_pad
 
-        padded = reflect_pad(wave.reshape(-1, wave.shape[-1]), self.n_fft // 2)
+        padded = wave.reshape(-1, wave.shape[-1])
+        padded = reflect_pad(padded, self.n_fft // 2) if self.center else padded
         padded = padded[:, self.left: padded.shape[-1] - (self.n_fft - self.win - self.left)]
         spec = torch.nn.functional.conv1d(padded[:, None], self.basis, stride=self.hop)  # [B, 2 * bins, frames]
         power = spec[:, : self.bins].square() + spec[:, self.bins:].square()
         mel = torch.log(power.transpose(1, 2) @ self.fb + LOG_OFFSET)
         if self.dct is not None:
             mel = mel @ self.dct
-        return normalise_per_clip(mel).transpose(-1, -2).unsqueeze(1)
+        return (normalise_per_clip(mel) if self.normalise else mel).transpose(-1, -2).unsqueeze(1)
 
 
 def convertible(model, kind: str) -> torch.nn.Module:

@@ -36,7 +36,8 @@ def front_end(logmel) -> dict:
     window[left: left + s.win_length] = s.window.numpy()
     return {"sample_rate": logmel.sample_rate, "clip_samples": CLIP_SAMPLES, "n_fft": s.n_fft,
             "hop_length": s.hop_length,
-            "center": "reflect", "power": 2.0, "log_offset": LOG_OFFSET, "norm_eps": NORM_EPS,
+            "center": "reflect" if logmel.cfg.center else "none", "normalise": logmel.cfg.normalise,
+            "power": 2.0, "log_offset": LOG_OFFSET, "norm_eps": NORM_EPS,
             "window": window.tolist(), "mel_filterbank": logmel.mel.mel_scale.fb.numpy().tolist(),
             "dct": None if logmel.dct is None else logmel.dct.numpy().tolist(),
             "layout": "[1, 1, bands, frames]"}
@@ -94,7 +95,8 @@ def log_mel(manifest: dict, wave: np.ndarray) -> np.ndarray:
     clip = one_clip(manifest, wave)[0]
     n_fft, hop = fe["n_fft"], fe["hop_length"]
     half = n_fft // 2
-    wave = np.pad(clip, half, mode="reflect")  # torch.stft(center=True)'s padding
+    # torch.stft(center=True)'s padding; "none" (features.center: false): only the frames inside the clip
+    wave = np.pad(clip, half, mode="reflect") if fe.get("center", "reflect") == "reflect" else clip
     count = (len(wave) - n_fft) // hop + 1
     frames = np.lib.stride_tricks.sliding_window_view(wave, n_fft)[::hop][:count] * np.asarray(fe["window"],
                                                                                                  np.float32)
@@ -103,6 +105,8 @@ def log_mel(manifest: dict, wave: np.ndarray) -> np.ndarray:
     mel = np.log(power @ np.asarray(fe["mel_filterbank"], np.float64) + fe["log_offset"])  # [frames, n_mels]
     if fe["dct"] is not None:
         mel = mel @ np.asarray(fe["dct"], np.float64)
-    mean, var = mel.mean(), mel.var()
-    feats = (mel - mean) / np.sqrt(var + fe["norm_eps"])
+    feats = mel
+    if fe.get("normalise", "clip") == "clip":
+        mean, var = mel.mean(), mel.var()
+        feats = (mel - mean) / np.sqrt(var + fe["norm_eps"])
     return feats.T[None, None].astype(np.float32)

@@ -13,6 +13,11 @@ stream; 1.1-3 s); the default 8 windows put the centre of the average 150 ms fur
 is the start of the window that scored best. The defaults of ``smooth``, ``refractory_ms`` and the gate
 are :class:`sctrain.artifacts.detector.DetectorRules`, chosen on DET curves (docs/streaming.md).
 
+Stateful models (``stateful=``, :mod:`sctrain.inference.stateful`): a model exported with ``--streaming``
+keeps the buffers of its features and layers between calls, so each hop computes only the frames it adds; it
+needs a checkpoint trained with ``features.center: false``, ``features.normalise: none`` and
+``model.<family>.time_padding: valid``, and fixes the hop (kwsnet: a multiple of 160 ms).
+
 Features: by default each window's log-mel is computed whole (:class:`sctrain.audio.features.LogMel`).
 ``incremental=True`` uses :class:`IncrementalLogMel` instead, which keeps the STFT frames that lie wholly
 inside the window from one hop to the next and computes only the new ones and the few edge frames, with
@@ -32,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 import numpy as np
@@ -44,8 +50,11 @@ from sctrain.audio.constants import CLIP_SAMPLES, INT16_SCALE, SAMPLE_RATE
 from sctrain.audio.features import LogMel, normalise_per_clip
 from sctrain.inference.events import DEFAULT_THRESHOLD, Detection, EventDecoder, Thresholds
 from sctrain.inference.loading import LoadedModel
+from sctrain.inference.stateful import StatefulRunner
 
 log = logging.getLogger(__name__)
+
+DEFAULT_HOP_MS = 100.0
 
 
 class IncrementalLogMel:
@@ -95,6 +104,20 @@ class IncrementalLogMel:
         return normalise_per_clip(torch.cat([head, inner, tail], dim=1))[None, None]
 
 
+def stateful_runner(stateful: Optional[StatefulRunner | str | Path], labels: list[str]) -> Optional[StatefulRunner]:
+    """``stateful`` as a runner: a path is loaded (a ``--streaming`` ONNX file), a runner taken as it is; its
+    labels must be the model's."""
+    if stateful is None:
+        return None
+    if isinstance(stateful, (str, Path)):
+        from sctrain.inference.stateful_export import OnnxStateful
+
+        stateful = OnnxStateful(stateful)
+    if list(stateful.labels) != labels:
+        raise ValueError(f"the stateful model's labels {list(stateful.labels)} are not the checkpoint's {labels}")
+    return stateful
+
+
 def model_thresholds(model: LoadedModel) -> Thresholds:
     """The thresholds a detector uses unless told others: the checkpoint's calibrated ones, else 0.5."""
     return dict(model.thresholds) if model.thresholds else DEFAULT_THRESHOLD
@@ -113,15 +136,29 @@ class StreamingDetector:
     ``threshold``: one value, or one per keyword; None = :func:`model_thresholds` (the checkpoint's calibrated
     ones, else 0.5). ``smooth``, ``refractory_ms``, ``filler_gate``: None = :func:`model_rules`. ``net``: any
     callable from ``[1, 1, n_mels, frames]`` features to ``[1, labels]`` logits (default ``model.cpu_net``:
-    BatchNorm folded, channels-last); ``incremental``: see the module docstring.
+    BatchNorm folded, channels-last); ``incremental``: see the module docstring. ``hop_ms``: None = 100 ms.
+
+    ``stateful``: a stateful streaming model (a ``--streaming`` ONNX file's path, or a
+    :class:`~sctrain.inference.stateful.StatefulRunner`) instead of recomputing each window: it is called once
+    per hop, from the stream's first sample, on the new hop only; its hop is the detector's (a ``hop_ms`` that
+    differs is an error), and from the first full second on its logits are the windowed model's, so the
+    events are the same (:mod:`sctrain.inference.stateful`).
     """
 
-    def __init__(self, model: LoadedModel, hop_ms: float = 100.0, threshold: Optional[Thresholds] = None,
+    def __init__(self, model: LoadedModel, hop_ms: Optional[float] = None, threshold: Optional[Thresholds] = None,
                  smooth: Optional[int] = None, refractory_ms: Optional[float] = None,
                  peak_wait_ms: float = 1000.0, incremental: bool = False, ignore: Iterable[str] = FILLER_LABELS,
-                 net: Optional[Callable[[Tensor], Tensor]] = None, filler_gate: Optional[bool] = None) -> None:
+                 net: Optional[Callable[[Tensor], Tensor]] = None, filler_gate: Optional[bool] = None,
+                 stateful: Optional[StatefulRunner | str | Path] = None) -> None:
         self.labels = list(model.labels)
-        self.hop = hop_samples(hop_ms)
+        self._stateful = stateful_runner(stateful, self.labels)
+        if self._stateful is not None:
+            if hop_ms is not None and hop_samples(hop_ms) != self._stateful.hop:
+                raise ValueError(f"hop_ms {hop_ms:g}: the stateful model runs every "
+                                 f"{self._stateful.hop * 1000 / SAMPLE_RATE:g} ms (its hop is fixed at export)")
+            self.hop = self._stateful.hop
+        else:
+            self.hop = hop_samples(DEFAULT_HOP_MS if hop_ms is None else hop_ms)
         if threshold is None:
             threshold = model_thresholds(model)
         given = {"smooth": smooth, "refractory_ms": refractory_ms, "filler_gate": filler_gate}
@@ -134,10 +171,13 @@ class StreamingDetector:
         self.net = net if net is not None else model.cpu_net
         self.logmel = model.features
         stft_hop = self.logmel.mel.spectrogram.hop_length
-        self.incremental = incremental and self.hop % stft_hop == 0 and CLIP_SAMPLES % stft_hop == 0
+        # IncrementalLogMel reproduces the default front end: centred frames, per-clip normalisation.
+        default_front = self.logmel.cfg.center and self.logmel.cfg.normalise == "clip"
+        self.incremental = (incremental and self.hop % stft_hop == 0 and CLIP_SAMPLES % stft_hop == 0
+                            and default_front and self._stateful is None)
         if incremental and not self.incremental:
-            log.info("hop %d or the window is not a multiple of the STFT hop %d: features computed per window",
-                     self.hop, stft_hop)
+            log.info("hop %d or the window is not a multiple of the STFT hop %d, the front end is not centred and "
+                     "normalised per clip, or the model is stateful: features computed per window", self.hop, stft_hop)
         self._features = IncrementalLogMel(self.logmel) if self.incremental else None
         self.reset()
 
@@ -150,6 +190,8 @@ class StreamingDetector:
         self.compute_s = 0.0
         if self._features is not None:
             self._features.reset()
+        if self._stateful is not None:
+            self._stateful.reset()
 
     # ------------------------------------------------------------------------------------ input
     def feed(self, chunk: np.ndarray) -> list[Detection]:
@@ -206,6 +248,8 @@ class StreamingDetector:
         return self.compute_s / max(1e-9, self.audio_s)
 
     def _next_window_end(self) -> int:
+        if self._stateful is not None:  # every call, from the first: the lead-in zeros start the first one
+            return self._seen + self.hop - (self._seen + self._stateful.lead_in) % self.hop
         if self._seen < CLIP_SAMPLES:
             return CLIP_SAMPLES
         return self._seen + self.hop - (self._seen - CLIP_SAMPLES) % self.hop
@@ -235,6 +279,14 @@ class StreamingDetector:
 
     def _score_window(self) -> list[Detection]:
         start = self._seen - CLIP_SAMPLES
+        if self._stateful is not None:
+            with torch.inference_mode():
+                # The last hop, zeros before the stream's start (the ring starts as zeros): the lead-in.
+                logits = torch.from_numpy(np.asarray(self._stateful(self._window()[-self.hop:])))
+            if start < 0:  # a call that fills the state: its logits are no whole window's
+                return []
+            self.windows += 1
+            return self.decoder.step(logits.float().softmax(-1), start)
         probs = self._probs(start)
         self.windows += 1
         return self.decoder.step(probs, start)

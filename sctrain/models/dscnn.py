@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from sctrain.config import _require, _require_fraction, doc
 from sctrain.models.folding import FoldedChannelsLastNet
 from sctrain.models.init import xavier_uniform
-from sctrain.models.registry import register_model
+from sctrain.models.registry import TIME_PADDING_DOC, TIME_PADDINGS, register_model
 
 # Per size: channels of every layer, number of depthwise-separable layers, (freq, time) stride of the first
 # conv, (freq, time) stride of the first depthwise-separable layer (later ones have stride 1).
@@ -41,12 +41,13 @@ FEATURES: dict = {"n_mfcc": 10, "n_mels": 40, "n_fft": 1024, "win_length": 640, 
                   "f_min": 20.0, "f_max": 4000.0}
 
 
-def _same_pad(kernel: tuple[int, int]) -> nn.ZeroPad2d:
+def _same_pad(kernel: tuple[int, int], time: bool = True) -> nn.ZeroPad2d:
     """Pads kernel-1 per axis, the odd zero after (an even kernel such as 4x10 cannot be padded symmetrically):
     the output is ceil(size / stride), as TF's 'SAME' gives, and the values are TF's for stride 1 or an odd
-    input size (TF pads less in front only for an even size, a stride of 2 and an odd kernel)."""
+    input size (TF pads less in front only for an even size, a stride of 2 and an odd kernel). ``time=False``:
+    the frequency axis only (``time_padding: valid``)."""
     kf, kt = kernel
-    return nn.ZeroPad2d(((kt - 1) // 2, kt // 2, (kf - 1) // 2, kf // 2))
+    return nn.ZeroPad2d(((kt - 1) // 2 * time, kt // 2 * time, (kf - 1) // 2, kf // 2))
 
 
 class DSCNN(nn.Module):
@@ -59,7 +60,8 @@ class DSCNN(nn.Module):
     """
 
     def __init__(self, num_classes: int, n_features: int = 10, frames: int | None = None, size: str = "S",
-                 channels: int | None = None, blocks: int | None = None, dropout: float = 0.0) -> None:
+                 channels: int | None = None, blocks: int | None = None, dropout: float = 0.0,
+                 time_padding: str = "same") -> None:
         super().__init__()
         del frames  # global pooling: any number of frames
         if size not in _SIZES:
@@ -69,15 +71,16 @@ class DSCNN(nn.Module):
         blocks = spec["blocks"] if blocks is None else blocks
         # Conv biases are dropped: each conv feeds a BN whose shift does the same job (the reference keeps
         # both; its BNs learn no scale, ours do, so the trainable count comes out the same).
+        same_time = time_padding == "same"
         layers: list[nn.Module] = [
-            _same_pad((4, 10)),
+            _same_pad((4, 10), time=same_time),
             nn.Conv2d(1, channels, (4, 10), stride=spec["stride"], bias=False),
             nn.BatchNorm2d(channels),
             nn.ReLU(),
         ]
         for i in range(blocks):
             layers += [
-                nn.Conv2d(channels, channels, 3, stride=spec["ds_stride"] if i == 0 else 1, padding=1,
+                nn.Conv2d(channels, channels, 3, stride=spec["ds_stride"] if i == 0 else 1, padding=(1, int(same_time)),
                           groups=channels, bias=False),
                 nn.BatchNorm2d(channels),
                 nn.ReLU(),
@@ -97,14 +100,21 @@ class DSCNN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.head_dropout(self.features(x)))
 
+    def stream_layers(self) -> list[nn.Module]:
+        """The layers of :meth:`forward` in order, for :mod:`sctrain.inference.stateful`."""
+        return [*self.features, self.head_dropout, self.head]
+
 
 @dataclass
 class DSCNNConfig:
     size: str = doc("S", "Hello Edge DS-CNN size: S, M or L (23k, 137k, 414k params)")
     dropout: float = doc(0.0, "dropout before the linear head")
+    time_padding: str = doc("same", TIME_PADDING_DOC)
 
     def __post_init__(self) -> None:
         _require(self.size in ("S", "M", "L"), "model.dscnn.size", f"must be S, M or L, got {self.size!r}")
+        _require(self.time_padding in TIME_PADDINGS, "model.dscnn.time_padding",
+                 f"must be one of {', '.join(TIME_PADDINGS)}, got {self.time_padding!r}")
         _require_fraction(self.dropout, "model.dscnn.dropout")
 
 
@@ -112,4 +122,4 @@ class DSCNNConfig:
                 features=FEATURES)
 def build_dscnn(cfg, num_classes: int, n_features: int, frames: int) -> DSCNN:
     """DS-CNN S/M/L (Zhang et al. 2017, Hello Edge): depthwise-separable 2-D CNN."""
-    return DSCNN(num_classes, n_features, frames, size=cfg.size, dropout=cfg.dropout)
+    return DSCNN(num_classes, n_features, frames, size=cfg.size, dropout=cfg.dropout, time_padding=cfg.time_padding)

@@ -25,6 +25,15 @@ from torch import nn
 INPUT_KINDS = ("image", "channels", "tokens")
 
 
+# model.<family>.time_padding of the families that can stream with state (sctrain.inference.stateful).
+TIME_PADDINGS = ("same", "valid")
+TIME_PADDING_DOC = ("same: convolutions zero-pad in time (frames at a window's edges see zeros); valid: no padding "
+                    "in time and time pools drop a ragged last frame, so the network can stream with state "
+                    "(python -m sctrain.export --streaming, with features.center: false and features.normalise: "
+                    "none)")
+
+
+
 @dataclass(frozen=True)
 class ModelFamily:
     name: str

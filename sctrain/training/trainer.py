@@ -52,6 +52,7 @@ from sctrain.training.distributed import (
 from sctrain.training.evaluate import EvalResult, evaluate
 from sctrain.training.kws import stream_stage
 from sctrain.training.placement import Placement, choose_placement
+from sctrain.training.qat import float_copy, is_prepared, prepare_qat
 from sctrain.training.selection import DetectionSelector
 from sctrain.training.stopping import EXIT_PREEMPTED, GracefulStop
 from sctrain.utils import atomic_write_text, json_text
@@ -168,6 +169,8 @@ class Trainer:
         self.model = create_model(cfg.model, cfg.features, len(self.labels))
         if cfg.train.init_from:
             self._init_weights(cfg.train.init_from)
+        if cfg.train.qat:
+            prepare_qat(self.model)  # fake quantization; best_sc.pt gets the float copy (best_weights)
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)  # 4-D weights; the rest is unchanged
             if self.is_main and not any(p.dim() == 4 for p in self.model.parameters()):
@@ -270,6 +273,11 @@ class Trainer:
     def eval_model(self) -> torch.nn.Module:
         """What validation scores and best_sc.pt holds: the weight average when train.ema_decay is on."""
         return self.ema.model if self.ema is not None else self.raw_model
+
+    @property
+    def best_weights(self) -> torch.nn.Module:
+        """What best_sc.pt holds: :attr:`eval_model`, without its fake quantization under train.qat."""
+        return float_copy(self.eval_model) if is_prepared(self.eval_model) else self.eval_model
 
     def _find_resume_state(self) -> tuple[Optional[Path], Optional[dict]]:
         mode = self.cfg.train.resume
@@ -476,7 +484,7 @@ class Trainer:
                 if selection is not None:
                     p.best_keywords_found = selection.keywords_found
                 if self.is_main:
-                    save_best(self.out / "best_sc.pt", self.eval_model, self.labels, cfg.to_dict(), metrics)
+                    save_best(self.out / "best_sc.pt", self.best_weights, self.labels, cfg.to_dict(), metrics)
             examples = collect_examples(self.eval_model, self.frontend, self.data.split("validation"), self.labels,
                                         self.tracker.wants_examples, self.device)  # None unless W&B wants them
             self.tracker.log_eval(p.global_step, epoch, "validation", val, examples)
@@ -496,7 +504,7 @@ class Trainer:
             val = self.evaluate("validation", self.eval_model)
             p.best_val_acc, p.best_epoch = val.accuracy, max(0, p.epoch - 1)
             if self.is_main:
-                save_best(self.out / "best_sc.pt", self.eval_model, self.labels, cfg.to_dict(),
+                save_best(self.out / "best_sc.pt", self.best_weights, self.labels, cfg.to_dict(),
                           {"val_acc": val.accuracy, "val_loss": val.loss, "epoch": p.best_epoch,
                            "step": p.global_step, **self._weights_info()})
         self.accelerator.wait_for_everyone()
