@@ -327,6 +327,7 @@ class Trainer:
         fillers = FillerSynthesis(cfg.augment, self.labels).to(self.device)
         if self.is_main:
             for key, label, index in (("reversed_unknown_p", UNKNOWN, fillers.unknown),
+                                      ("spliced_unknown_p", UNKNOWN, fillers.unknown),
                                       ("generated_silence_p", SILENCE, fillers.silence)):
                 if getattr(cfg.augment, key) > 0 and index < 0:
                     log.warning("augment.%s=%g changes nothing: the labels have no %s class (%s)", key,
